@@ -1,0 +1,62 @@
+"""Mobile chain space: a stem, then inverted-residual blocks, each a ``LayerChoice`` over
+kernel {3,5,7} x expansion {3,6} (plus skip where shapes allow), then a 1x1 conv head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from nni.nas.nn.pytorch import LayerChoice
+
+from hmnas_nni.architecture import Architecture
+
+from .base import ClassifierNet, ProjectSpace
+from .derived import derived_ops
+from .ops import mobile_ops
+
+# (output channel multiplier, stride) per block; the first block of a stage reduces resolution.
+STAGES = ((1, 1), (1, 1), (2, 2), (2, 1), (4, 2), (4, 1))
+
+
+class MobileNet(ClassifierNet):
+    def __init__(self, in_channels: int, channels: int, num_classes: int, make_block) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU6(inplace=False)
+        )
+        blocks = []
+        c_prev = channels
+        for i, (mult, stride) in enumerate(STAGES):
+            c = channels * mult
+            blocks.append(make_block(f"block_{i}", mobile_ops(c_prev, c, stride)))
+            c_prev = c
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = 4 * c_prev
+        self.conv_head = nn.Sequential(
+            nn.Conv2d(c_prev, self.num_features, 1, bias=False), nn.BatchNorm2d(self.num_features), nn.ReLU6(inplace=False)
+        )
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_head(self.blocks(self.stem(x)))
+
+
+class MobileSpace(ProjectSpace):
+    name = "mobile"
+
+    @classmethod
+    def default_args(cls) -> dict[str, Any]:
+        return {"in_channels": 1, "input_size": 28, "channels": 8, "num_classes": 10}
+
+    def build(self, arch: Architecture | None) -> MobileNet:
+        a = self.space_args
+        if arch is None:
+            def make_block(label: str, ops: dict[str, nn.Module]) -> nn.Module:
+                return LayerChoice(ops, label=label)
+        else:
+            def make_block(label: str, ops: dict[str, nn.Module]) -> nn.Module:
+                return derived_ops(arch, label, ops)
+        return MobileNet(a["in_channels"], a["channels"], a["num_classes"], make_block)
