@@ -1,0 +1,35 @@
+"""Valid architectures made from a space's catalogue, for tests, benchmarks and smoke runs.
+
+They are *not* search results: :func:`sample_architecture` marks them ``strategy="sample"``
+so they are never mistaken for an architecture a search found.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hmnas_nni.architecture import Architecture
+
+
+def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, seed: int = 0,
+                        **space_args: Any) -> Architecture:
+    """Keep ``keep_ops`` random ops per op choice and ``keep_inputs`` inputs per input choice, with random weights."""
+    from search_spaces import build_space
+
+    built = build_space(space, **space_args)
+    rng = random.Random(seed)
+    ops: dict[str, list[dict[str, Any]]] = {}
+    inputs: dict[str, list[dict[str, Any]]] = {}
+    for label, spec in built.catalogue().items():
+        if spec.kind == "op":
+            # "none" contributes nothing; prefer real ops so the sampled network has a path through every cell
+            pool = [c for c in spec.candidates if c != "none"] or list(spec.candidates)
+            chosen = rng.sample(pool, min(keep_ops, len(pool)))
+            ops[label] = [{"op": c, "weight": round(rng.uniform(0.3, 1.0), 4)} for c in chosen]
+        else:
+            n = min(spec.n_chosen or keep_inputs, keep_inputs, len(spec.candidates))
+            chosen = sorted(rng.sample(range(len(spec.candidates)), n))
+            inputs[label] = [{"input": int(i), "weight": round(rng.uniform(0.3, 1.0), 4)} for i in chosen]
+    arch = Architecture(space=space, space_args=dict(built.space_args), ops=ops, inputs=inputs, strategy="sample")
+    return arch.validate(built.catalogue())
