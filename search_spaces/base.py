@@ -16,10 +16,10 @@ from .graph import CellGraph
 
 
 class ClassifierNet(nn.Module):
-    """timm-shaped body: ``forward_features`` -> unpooled features, ``forward_head`` -> logits."""
+    """timm-shaped body: ``forward_features`` -> unpooled features, ``forward_head`` -> logits.
 
-    num_classes: int
-    num_features: int
+    Subclasses set ``num_classes``, ``num_features``, ``global_pool`` and ``classifier``.
+    """
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

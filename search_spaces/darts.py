@@ -34,18 +34,16 @@ def _graph(kind: str) -> CellGraph:
 GRAPHS = {"normal": _graph("normal"), "reduce": _graph("reduce")}
 
 
-class _Preprocess(nn.Module):
+def _preprocess(c_pp: int, c_p: int, c: int, reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
     """Bring the two previous cells' outputs to ``c`` channels and the same resolution."""
-
-    def __init__(self, c_pp: int, c_p: int, c: int, reduction_prev: bool) -> None:
-        super().__init__()
-        self.preprocess0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
-        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0)
+    pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
+    return pre0, ReLUConvBN(c_p, c, 1, 1, 0)
 
 
-class DartsSearchCell(_Preprocess):
+class DartsSearchCell(nn.Module):
     def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> None:
-        super().__init__(c_pp, c_p, c, reduction_prev)
+        super().__init__()
+        self.preprocess0, self.preprocess1 = _preprocess(c_pp, c_p, c, reduction_prev)
         graph = GRAPHS["reduce" if reduction else "normal"]
         self.edges = nn.ModuleDict()
         self.inputs = nn.ModuleDict()
@@ -63,14 +61,16 @@ class DartsSearchCell(_Preprocess):
         return torch.cat(states[2:], dim=1)
 
 
-class DartsDerivedCell(_Preprocess):
+class DartsDerivedCell(DerivedCell):
+    """The derived DARTS cell: same preprocessing, only the live edges of the DAG."""
+
     def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, arch: Architecture) -> None:
-        super().__init__(c_pp, c_p, c, reduction_prev)
         graph = GRAPHS["reduce" if reduction else "normal"]
-        self.dag = DerivedCell(graph, arch, lambda e: darts_ops(c, 2 if reduction and e.src < 2 else 1))
+        super().__init__(graph, arch, lambda e: darts_ops(c, 2 if reduction and e.src < 2 else 1))
+        self.preprocess0, self.preprocess1 = _preprocess(c_pp, c_p, c, reduction_prev)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        return self.dag.run_dag([self.preprocess0(s0), self.preprocess1(s1)])
+        return self.run_dag([self.preprocess0(s0), self.preprocess1(s1)])
 
 
 class DartsNet(ClassifierNet):
@@ -104,6 +104,7 @@ class DartsSpace(ProjectSpace):
     """NNI model space of DARTS cells; defaults are a small CPU smoke size (width 8, 3 cells)."""
 
     name = "darts"
+    hmnas_edge_level = "input"
 
     @classmethod
     def default_args(cls) -> dict[str, Any]:

@@ -23,9 +23,8 @@ class MobileNet(ClassifierNet):
     def __init__(self, in_channels: int, channels: int, num_classes: int, make_block) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU6(inplace=False)
-        )
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU6(inplace=False))
         blocks = []
         c_prev = channels
         for i, (mult, stride) in enumerate(STAGES):
@@ -34,9 +33,8 @@ class MobileNet(ClassifierNet):
             c_prev = c
         self.blocks = nn.Sequential(*blocks)
         self.num_features = 4 * c_prev
-        self.conv_head = nn.Sequential(
-            nn.Conv2d(c_prev, self.num_features, 1, bias=False), nn.BatchNorm2d(self.num_features), nn.ReLU6(inplace=False)
-        )
+        self.conv_head = nn.Sequential(nn.Conv2d(c_prev, self.num_features, 1, bias=False),
+                                       nn.BatchNorm2d(self.num_features), nn.ReLU6(inplace=False))
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self.num_features, num_classes)
 
@@ -45,7 +43,10 @@ class MobileNet(ClassifierNet):
 
 
 class MobileSpace(ProjectSpace):
+    """NNI model space of a mobile chain; each block is one edge, so HM-NAS masks ops only."""
+
     name = "mobile"
+    hmnas_edge_level = "none"
 
     @classmethod
     def default_args(cls) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class NasBench201Space(ProjectSpace):
     """NNI model space of NAS-Bench-201-style cells. Defaults are sized for 2 CPU cores."""
 
     name = "nb201"
+    hmnas_edge_level = "layer"
 
     @classmethod
     def default_args(cls) -> dict[str, Any]:

@@ -1,0 +1,126 @@
+"""How one HM-NAS training step searches: NNI's first-order DARTS step plus a masking phase.
+
+Schedule (epochs): ``warmup_epochs`` of supernet weights only, then ``arch_epochs`` alternating
+weight steps (train split) with ``alpha``/``beta`` steps (validation split), then the masking
+phase, where the architecture step also trains the mask scores under a sparsity term and the
+hierarchy rules are re-applied after every step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+
+from .hierarchy import Hierarchy
+
+PHASES = ("warmup", "architecture", "masking")
+
+
+class NumericalFault(RuntimeError):
+    """A non-finite loss or architecture parameter; the search stops and says where."""
+
+
+class HMNASLightningModule(DartsLightningModule):
+    def __init__(self, training_module: pl.LightningModule, hierarchy: Hierarchy, *,
+                 arc_learning_rate: float = 3e-4, mask_learning_rate: float = 1e-3,
+                 warmup_epochs: int = 1, arch_epochs: int = 1, sparsity: float = 1e-3,
+                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10) -> None:
+        super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
+                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs)
+        self.hierarchy = hierarchy
+        self.mask_learning_rate = mask_learning_rate
+        self.arch_epochs = arch_epochs
+        self.sparsity = sparsity
+
+    # -- parameters and optimizers
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [m.scores for m in self.hierarchy.all_masks()]
+
+    def postprocess_weight_optimizers(self, optimizer):
+        """Keep ``alpha``/``beta``/gates (as DARTS does) and mask scores out of the weight optimizer."""
+        blacklist = set(self.arch_parameters()) | set(self.mask_parameters())
+        for opt in optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]:
+            if isinstance(opt, torch.optim.Optimizer):
+                for group in opt.param_groups:
+                    group["params"] = [p for p in group["params"] if p not in blacklist]
+        return optimizer
+
+    def configure_architecture_optimizers(self) -> torch.optim.Optimizer:
+        arch = self.arch_parameters()
+        if not arch:
+            raise ValueError("No architecture parameters found: the space has no LayerChoice or InputChoice to search.")
+        return torch.optim.Adam([
+            {"params": arch, "lr": self.arc_learning_rate, "weight_decay": 1e-3},
+            {"params": self.mask_parameters(), "lr": self.mask_learning_rate, "weight_decay": 0.0},
+        ], betas=(0.5, 0.999))
+
+    # -- phases
+    def phase(self, epoch: int | None = None) -> str:
+        epoch = self.trainer.current_epoch if epoch is None else epoch
+        if epoch < self.warmup_epochs:
+            return "warmup"
+        if epoch < self.warmup_epochs + self.arch_epochs:
+            return "architecture"
+        return "masking"
+
+    def on_fit_start(self):
+        self.hierarchy.apply()
+        return super().on_fit_start()
+
+    def on_train_epoch_start(self):
+        phase = self.phase()
+        for p in self.arch_parameters():
+            p.requires_grad_(phase != "warmup")
+        for p in self.mask_parameters():
+            p.requires_grad_(phase == "masking")
+        return self.training_module.on_train_epoch_start()
+
+    def sparsity_loss(self) -> torch.Tensor:
+        """``lambda * mean |s|`` over every mask score: pushes towards fewer ops and edges."""
+        scores = torch.cat([s.reshape(-1) for s in self.mask_parameters()])
+        return self.sparsity * scores.abs().mean()
+
+    # -- one step
+    def training_step(self, batch, batch_idx):
+        arc_optim = self.architecture_optimizers()
+        phase = self.phase()
+        if phase != "warmup":
+            arc_optim.zero_grad()
+            loss = self._loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
+            if phase == "masking":
+                loss = loss + self.sparsity_loss()
+            self._check_finite(loss, batch_idx, phase, "architecture loss")
+            self.manual_backward(loss)
+            arc_optim.step()
+            self._check_arch_finite(batch_idx, phase)
+            if phase == "masking":
+                self.hierarchy.apply()
+
+        result = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
+        w_loss = self._loss(result)
+        self._check_finite(w_loss, batch_idx, phase, "weight loss")
+        self.advance_optimization(w_loss, batch_idx, self.gradient_clip_val)
+        self.advance_lr_schedulers(batch_idx)
+        self.log("phase", float(PHASES.index(phase)), prog_bar=False)
+        if batch_idx % self.log_prob_every_n_step == 0:
+            self.log_probs(self.export_probs())
+        return result
+
+    @staticmethod
+    def _loss(result):
+        return result["loss"] if isinstance(result, dict) else result
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int, phase: str, what: str) -> None:
+        if not math.isfinite(float(loss.detach())):
+            raise NumericalFault(f"non-finite {what} ({float(loss.detach())}) at epoch {self.trainer.current_epoch}, "
+                                 f"step {batch_idx}, phase {phase!r}; lower the learning rates or check the data")
+
+    def _check_arch_finite(self, batch_idx: int, phase: str) -> None:
+        for p in [*self.arch_parameters(), *self.mask_parameters()]:
+            if not torch.isfinite(p.detach()).all():
+                raise NumericalFault(f"non-finite architecture parameter at epoch {self.trainer.current_epoch}, "
+                                     f"step {batch_idx}, phase {phase!r}; lower --arc-lr / --mask-lr")
