@@ -26,7 +26,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 EPOCH_KEYS = {"default", "epoch", "phase", "supernet_val_acc", "derived_val_acc", "derivation_gap", "ops_kept",
               "edges_kept", "sparsity"}
 FINAL_KEYS = EPOCH_KEYS | {"params"}
-FINISHED = {"DONE", "STOPPED", "ERROR", "NO_MORE_TRIAL", "TUNER_NO_MORE_TRIAL"}
+FINISHED = {"DONE", "STOPPED", "ERROR"}
+TRIAL_ENDED = {"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"}
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +113,9 @@ def run_experiment(config: Path, workdir: Path, env: dict[str, str], timeout: fl
             exp.status = exp.api("check-status")
             if exp.status.get("status") in FINISHED:
                 break
+            if exp.status.get("status") == "TUNER_NO_MORE_TRIAL":  # grid exhausted before maxTrialNumber
+                if all(t["status"] in TRIAL_ENDED for t in exp.api("trial-jobs")):
+                    break
             assert time.monotonic() < deadline, f"experiment not done after {timeout:.0f}s: {exp.status}\n{exp.logs()}"
             time.sleep(2)
         exp.trials = exp.api("trial-jobs")
@@ -143,7 +147,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Experiment]:
 
 
 def test_smoke_trials_succeed_with_metrics_and_architecture(smoke: Experiment) -> None:
-    assert smoke.status["status"] == "DONE", f"{smoke.status}\n{smoke.logs()}"
+    assert smoke.status["status"] in {"DONE", "TUNER_NO_MORE_TRIAL"}, f"{smoke.status}\n{smoke.logs()}"
     assert len(smoke.trials) == 2, smoke.trials
     for trial in smoke.trials:
         tid = trial["trialJobId"]
@@ -194,7 +198,7 @@ def test_bad_parameter_fails_the_trial_with_one_line(tmp_path: Path) -> None:
     config, workdir = write_config(EXPERIMENTS / "smoke.yml", tmp_path, maxTrialNumber=1,
                                    searchSpace={"tau": {"_type": "choice", "_value": [-1.0]}})
     with run_experiment(config, workdir, nni_env(tmp_path), timeout=120) as exp:
-        assert exp.status["status"] == "DONE", exp.status
+        assert exp.status["status"] in {"DONE", "TUNER_NO_MORE_TRIAL"}, exp.status
         assert [t["status"] for t in exp.trials] == ["FAILED"], exp.trials
         trial = exp.trials[0]
         stderr = exp.api(f"trial-file/{trial['trialJobId']}/stderr")
