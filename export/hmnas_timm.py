@@ -25,6 +25,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from hmnas_nni.architecture import Architecture, ArchitectureError
 
+from .files import publish
+
 __all__ = [
     "HmnasNet", "WeightsError", "ArchLike", "ARCH_DIR", "resolve_architecture", "arch_pretrained_cfg",
     "checkpoint_filter_fn", "read_state_dict", "check_state_dict", "load_weights", "save_weights",
@@ -318,7 +320,7 @@ def save_weights(model: HmnasNet, path: str | os.PathLike, extra: Mapping[str, A
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
