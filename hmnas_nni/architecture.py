@@ -104,7 +104,9 @@ class Architecture:
     def load(cls, path: str | os.PathLike) -> Architecture:
         path = Path(path)
         if not path.is_file():
-            raise ArchitectureError(f"architecture file {path} does not exist; pass the arch.json written by `hmnas search`")
+            raise ArchitectureError(
+                f"architecture file {path} does not exist; pass the arch.json written by `hmnas search`"
+            )
         try:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -114,7 +116,8 @@ class Architecture:
     # ------------------------------------------------------------ conversion
     @classmethod
     def from_nni_sample(
-        cls, sample: dict[str, Any], space: str, space_args: dict[str, Any], strategy: str, catalogue: dict[str, ChoiceSpec]
+        cls, sample: dict[str, Any], space: str, space_args: dict[str, Any], strategy: str,
+        catalogue: dict[str, ChoiceSpec],
     ) -> Architecture:
         """Turn an NNI export (``{label: op}`` / ``{label: [indices]}``) into a document with unit weights."""
         ops: dict[str, list[dict[str, Any]]] = {}
@@ -146,7 +149,8 @@ class Architecture:
             for e in entries:
                 if e["op"] not in spec.candidates:
                     raise ArchitectureError(
-                        f"{where}: choice {label!r} names unknown op {e['op']!r}; candidates are {list(spec.candidates)}"
+                        f"{where}: choice {label!r} names unknown op {e['op']!r}; "
+                        f"candidates are {list(spec.candidates)}"
                     )
         for label, entries in self.inputs.items():
             spec = catalogue.get(label)

@@ -73,10 +73,10 @@ class Hierarchy:
 
     def _edge_score(self, e: Edge) -> float:
         if e.input_label is not None:
-            return float(self.input_masks[e.input_label].scores[e.input_index])
+            return float(self.input_masks[e.input_label].scores.detach()[e.input_index])
         if e.op_label in self.edge_masks:
-            return float(self.edge_masks[e.op_label].scores[0])
-        return float(self.op_masks[e.op_label].scores.max())
+            return float(self.edge_masks[e.op_label].scores.detach()[0])
+        return float(self.op_masks[e.op_label].scores.detach().max())
 
     def _force(self, e: Edge, on: dict[int, list[bool]]) -> None:
         ops = self.op_masks[e.op_label]
@@ -96,6 +96,8 @@ class Hierarchy:
         live = liveness(graph, {e: self._edge_on(e, on) for e in graph.edges})
         while not live.output_reached:
             candidates = [e for e in graph.edges if e.src in live.reached and not self._edge_on(e, on)]
+            if not candidates:
+                raise RuntimeError(f"cell {graph.kind!r}: no edge can reconnect its output; is the graph connected?")
             best = max(candidates, key=self._edge_score)
             self._force(best, on)
             messages.append(f"cell {graph.kind!r}: masking cut every path from inputs to output; "

@@ -23,8 +23,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-#: Phase names of ``run_search``'s epoch metrics, in the order their codes are reported (``phase`` metric).
-PHASES: tuple[str, ...] = ("warmup", "search", "final")
+#: Phase names of ``run_search``'s epoch metrics; the ``phase`` metric is the index here. HM-NAS goes through
+#: the first three (its Lightning module's phases); NNI's strategies report ``warmup`` then ``search``.
+PHASES: tuple[str, ...] = ("warmup", "architecture", "masking", "search")
 #: Epoch-metric keys reported to NNI besides ``default`` (= ``derived_val_acc``), ``epoch`` and ``phase``.
 EPOCH_KEYS: tuple[str, ...] = ("supernet_val_acc", "derived_val_acc", "derivation_gap", "ops_kept", "edges_kept",
                                "sparsity")
@@ -124,6 +125,10 @@ def build_config(cli_values: dict[str, Any], nni_params: dict[str, Any], output_
     values = merge_parameters({k: v for k, v in cli_values.items() if v is not None}, nni_params)
     if output_dir:
         values["out"] = output_dir
+    elif values.get("out") is None:  # as `hmnas search` names it
+        defaults = cls()
+        values["out"] = "runs/" + "-".join(str(values.get(k, getattr(defaults, k))) for k in ("space", "dataset",
+                                                                                            "strategy"))
     try:
         config = cls(**values)
     except TypeError as exc:
@@ -194,8 +199,14 @@ def add_trial_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         shown = json.dumps(default) if isinstance(default, dict) else default
         note = ", a JSON object" if dict in (hint, typing.get_origin(hint)) else ""
+        if name == "out":
+            shown = "NNI_OUTPUT_DIR under NNI, else runs/<space>-<dataset>-<strategy>"
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=name.upper(),
                             help=f"(default: {shown}{note})")
+    parser.add_argument("--lr", dest="learning_rate", default=None, metavar="LEARNING_RATE",
+                        help="alias of --learning-rate, as in `hmnas search`")
+    parser.add_argument("--no-progress", dest="progress", action="store_const", const="false",
+                        help="no progress bar (the default under NNI)")
     parser.add_argument("--params", default=None, metavar="JSON",
                         help="hyper-parameters as a JSON object, applied like NNI's (for runs outside NNI)")
     return parser
@@ -234,6 +245,8 @@ def run_trial(args: argparse.Namespace) -> int:
     nni_run = in_nni()
     try:
         cli_values = _cli_values(args)
+        if nni_run:
+            cli_values.setdefault("progress", False)  # a progress bar only clutters trial.log
         extra = json.loads(args.params) if getattr(args, "params", None) else {}
         if not isinstance(extra, dict):
             raise TrialInputError("--params must be a JSON object")

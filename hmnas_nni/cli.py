@@ -1,0 +1,128 @@
+"""``hmnas``: search, show, and (from the export package) retrain, export and benchmark derived networks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .architecture import Architecture, ArchitectureError
+
+
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    from search_spaces import SPACES
+
+    from .data import DATASETS
+    from .search import STRATEGIES, SearchConfig
+
+    d = SearchConfig()
+    p = sub.add_parser("search", help="search a space with HM-NAS or one of NNI's one-shot strategies",
+                       description="Run one architecture search through NNI and write arch.json, metrics.json, "
+                                   "supernet.safetensors and cells.png to --out.")
+    p.add_argument("--space", choices=sorted(SPACES), default=d.space)
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--subset", type=int, default=None, help="use N training images (half weights, half architecture)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="output folder (default runs/<space>-<dataset>-<strategy>)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate, help="weight learning rate")
+    p.add_argument("--space-args", type=json.loads, default={}, help='JSON, e.g. \'{"channels": 16}\'')
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    g = p.add_argument_group("architecture search knobs")
+    g.add_argument("--arc-lr", type=float, default=d.arc_lr, help="learning rate of alpha/beta")
+    g.add_argument("--warmup-epochs", type=int, default=None, help="weights-only epochs (default: a quarter)")
+    g.add_argument("--arch-epochs", type=int, default=None, help="HM-NAS: alpha/beta epochs before masking")
+    g.add_argument("--tau", type=float, default=d.tau, help="HM-NAS mask threshold")
+    g.add_argument("--mask-init", type=float, default=d.mask_init, help="HM-NAS initial mask score")
+    g.add_argument("--mask-lr", type=float, default=d.mask_lr, help="HM-NAS mask score learning rate")
+    g.add_argument("--sparsity", type=float, default=d.sparsity, help="HM-NAS sparsity weight lambda")
+    g.add_argument("--accelerator", default=d.accelerator)
+    g.add_argument("--devices", type=int, default=d.devices)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run_search_command)
+
+
+def config_from_args(args: argparse.Namespace):
+    from .search import SearchConfig
+
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
+    if values.get("out") is None:
+        values["out"] = f"runs/{args.space}-{args.dataset}-{args.strategy}"
+    return SearchConfig.from_dict(values).validate()
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    from .search import run_search
+
+    config = config_from_args(args)
+    final = run_search(config)
+    keys = ("supernet_val_acc", "derived_val_acc", "derivation_gap", "ops_kept", "edges_kept", "params",
+            "epoch_seconds", "peak_memory_mb")
+    print(json.dumps({k: final[k] for k in keys}, indent=2))
+    print(f"wrote {Path(config.out) / 'arch.json'}, metrics.json, supernet.safetensors, cells.png")
+    return 0
+
+
+def add_show_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="print a derived architecture's cells and optionally draw them")
+    p.add_argument("arch", help="arch.json written by `hmnas search`")
+    p.add_argument("--png", default=None, help="also draw the cells to this PNG file")
+    p.set_defaults(func=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from search_spaces import build_space
+
+    from .plot import describe, plot_architecture
+
+    arch = Architecture.load(args.arch)
+    arch.validate(build_space(arch.space, **arch.space_args).catalogue())
+    print(describe(arch))
+    if args.png:
+        print(f"drew {plot_architecture(arch, args.png)}")
+    return 0
+
+
+# Subcommands that live in other modules: (module, add-parser function).
+EXTRA_COMMANDS = (
+    ("hmnas_nni.trial", "add_trial_parser"),
+    ("export.cli", "add_retrain_parser"),
+    ("export.cli", "add_export_parser"),
+    ("export.cli", "add_bench_parser"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmnas", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_search_parser(sub)
+    add_show_parser(sub)
+    for module, func in EXTRA_COMMANDS:
+        try:
+            add = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError):
+            continue
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ArchitectureError, ValueError, FileNotFoundError, TypeError) as e:
+        if args.verbose:
+            raise
+        print(f"hmnas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

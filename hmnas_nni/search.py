@@ -1,0 +1,339 @@
+"""One search, start to finish: data -> space -> NNI evaluator + strategy -> NasExperiment -> outputs.
+
+``run_search(SearchConfig(...))`` is what ``hmnas search``, the NNI trial and the comparison
+scripts all call. It writes, in ``config.out``:
+
+- ``arch.json``: the derived architecture (see :mod:`hmnas_nni.architecture`);
+- ``metrics.json``: per-epoch and final metrics (rewritten after every epoch);
+- ``supernet.safetensors``: the supernet's weights, from which the derived network inherits;
+- ``cells.png``: a drawing of the derived cells;
+- ``checkpoints/last.ckpt``: Lightning's checkpoint of the whole search state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.experiment import NasExperiment
+
+from search_spaces import SPACES, ProjectSpace, build_space
+
+from .architecture import Architecture
+from .data import DATASETS, load_dataset, search_splits
+from .evaluation import accuracy, count_parameters
+from .materialize import materialize, supernet_state
+
+_logger = logging.getLogger(__name__)
+
+STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
+
+
+@dataclass
+class SearchConfig:
+    """Everything one search needs; every field is JSON-able so configs round-trip through NNI."""
+
+    space: str = "nb201"
+    dataset: str = "digits"
+    strategy: str = "hmnas"
+    epochs: int = 10
+    subset: int | None = None
+    seed: int = 0
+    out: str = "runs/search"
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 3e-4
+    space_args: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    # architecture search knobs (shared by the differentiable strategies where they apply)
+    arc_lr: float = 3e-3
+    warmup_epochs: int | None = None
+    # HM-NAS knobs
+    arch_epochs: int | None = None
+    tau: float = 5e-3
+    mask_init: float = 1e-2
+    mask_lr: float = 1e-3
+    sparsity: float = 1e-2
+    # where to run
+    accelerator: str = "auto"
+    devices: int = 1
+    num_workers: int = 0
+    progress: bool = True
+
+    def validate(self) -> SearchConfig:
+        """Raise ``ValueError`` with one line naming the bad field and what it accepts."""
+        if self.space not in SPACES:
+            raise ValueError(f"unknown space {self.space!r}; choose one of {sorted(SPACES)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "devices": self.devices}
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 4):
+            raise ValueError(f"subset must be an integer >= 4 (images), got {self.subset!r}")
+        if not self.tau > 0:
+            raise ValueError(f"tau (mask threshold) must be > 0, got {self.tau!r}")
+        if not self.mask_init >= self.tau:
+            raise ValueError(f"mask_init ({self.mask_init}) must be >= tau ({self.tau}) so every op starts on")
+        if not self.sparsity >= 0:
+            raise ValueError(f"sparsity (weight of the sparsity term) must be >= 0, got {self.sparsity!r}")
+        for name in ("learning_rate", "arc_lr", "mask_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("warmup_epochs", "arch_epochs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.space_args, dict):
+            raise ValueError(f"space_args must be a JSON object, got {self.space_args!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown search option(s) {unknown}; known options are {sorted(known)}")
+        return cls(**values)
+
+    def schedule(self) -> tuple[int, int]:
+        """(warm-up epochs, architecture epochs before masking): a quarter each unless given."""
+        warmup = self.warmup_epochs if self.warmup_epochs is not None else max(1, self.epochs // 4)
+        arch = self.arch_epochs if self.arch_epochs is not None else max(1, self.epochs // 4)
+        return min(warmup, self.epochs - 1), arch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_strategy(config: SearchConfig):
+    """The NNI strategy object named by ``config.strategy``, with the config's shared knobs."""
+    from nni.nas.oneshot.pytorch.strategy import DARTS, ENAS, GumbelDARTS, Proxyless, RandomOneShot
+
+    from .strategy import HMNAS
+
+    warmup, arch = config.schedule()
+    if config.strategy == "hmnas":
+        return HMNAS(arc_learning_rate=config.arc_lr, mask_learning_rate=config.mask_lr, warmup_epochs=warmup,
+                     arch_epochs=arch, tau=config.tau, mask_init=config.mask_init, sparsity=config.sparsity)
+    if config.strategy == "darts":
+        return DARTS(arc_learning_rate=config.arc_lr, warmup_epochs=warmup)
+    if config.strategy == "gumbel-darts":
+        return GumbelDARTS(arc_learning_rate=config.arc_lr, warmup_epochs=warmup)
+    if config.strategy == "proxyless":
+        return Proxyless(arc_learning_rate=config.arc_lr, warmup_epochs=warmup)
+    if config.strategy == "enas":
+        try:
+            import tianshou  # noqa: F401  (NNI's ENAS controller is a tianshou policy)
+        except ImportError:
+            raise ValueError("NNI's ENAS needs the reinforcement-learning extra: pip install tianshou gym") from None
+        return ENAS(warmup_epochs=warmup, reward_metric_name="val_acc")
+    return RandomOneShot()  # NNI's RandomOneShot has no warm-up
+
+
+def to_architecture(sample: dict[str, Any], space: ProjectSpace, strategy: str) -> Architecture:
+    """An exported sample as an architecture document: HM-NAS's multi-level form or NNI's ``{label: choice}``."""
+    catalogue = space.catalogue()
+    if strategy == "hmnas":
+        ops = {k: v for k, v in sample.items() if catalogue[k].kind == "op"}
+        inputs = {k: v for k, v in sample.items() if catalogue[k].kind == "input"}
+        arch = Architecture(space.name, dict(space.space_args), ops, inputs, strategy=strategy)
+        return arch.validate(catalogue)
+    return Architecture.from_nni_sample(sample, space.name, dict(space.space_args), strategy, catalogue)
+
+
+def atomic_write_json(path: Path, doc: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class PeakMemory:
+    """Peak memory of this run: the CUDA allocator's peak on GPU, else the process RSS sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.peak = 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            return
+        self._stop.clear()
+        proc = psutil.Process()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, proc.memory_info().rss)
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        """Peak in MiB since :meth:`start`."""
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.peak / 2**20
+
+
+class SearchMonitor(pl.Callback):
+    """After every search epoch: time it, derive the architecture, evaluate supernet and derived network."""
+
+    def __init__(self, config: SearchConfig, space: ProjectSpace, val_data, on_epoch_end=None) -> None:
+        self.config = config
+        self.space = space
+        self.val_data = val_data
+        self.on_epoch_end = on_epoch_end
+        self.history: list[dict[str, Any]] = []
+        self.memory = PeakMemory()
+        self._t0 = 0.0
+        self.last_arch: Architecture | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.memory.start()
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seconds = time.perf_counter() - self._t0
+        peak = self.memory.stop()
+        metrics = self.evaluate(pl_module)
+        phase = pl_module.phase() if hasattr(pl_module, "phase") else ("warmup" if trainer.current_epoch <
+                                                                        self.config.schedule()[0] else "search")
+        metrics = {"epoch": trainer.current_epoch, "phase": phase, **metrics,
+                   "epoch_seconds": seconds, "peak_memory_mb": peak}
+        self.history.append(metrics)
+        pl_module.log_dict({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        _logger.info("epoch %d (%s): supernet %.4f, derived %.4f, gap %.4f, ops %d, edges %d",
+                     metrics["epoch"], phase, metrics["supernet_val_acc"], metrics["derived_val_acc"],
+                     metrics["derivation_gap"], metrics["ops_kept"], metrics["edges_kept"])
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(dict(metrics))
+
+    @torch.no_grad()
+    def evaluate(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        supernet = pl_module.training_module.model
+        device = next(supernet.parameters()).device
+        arch = to_architecture(pl_module.export(), self.space, self.config.strategy)
+        self.last_arch = arch
+        derived = materialize(arch, supernet).to(device)
+        was_training = supernet.training
+        supernet.eval()
+        supernet_acc = accuracy(supernet, self.val_data, self.config.batch_size, device)
+        supernet.train(was_training)
+        derived_acc = accuracy(derived.eval(), self.val_data, self.config.batch_size, device)
+        total_ops = sum(len(s.candidates) for s in self.space.catalogue().values() if s.kind == "op")
+        return {
+            "supernet_val_acc": supernet_acc,
+            "derived_val_acc": derived_acc,
+            "derivation_gap": supernet_acc - derived_acc,
+            "ops_kept": arch.ops_kept(),
+            "edges_kept": arch.edges_kept(),
+            "sparsity": 1.0 - arch.ops_kept() / max(1, total_ops),  # fraction of candidate ops removed
+            "params": count_parameters(derived),
+        }
+
+
+def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run one search as configured; return the final metrics (also written to ``out/metrics.json``)."""
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+
+    train, _test, info = load_dataset(config.dataset, config.data_root)
+    train_split, val_split = search_splits(train, config.subset, config.seed)
+    space_args = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
+                  **config.space_args}
+    space = build_space(config.space, **space_args)
+
+    monitor = SearchMonitor(config, space, val_split, on_epoch_end)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    generator = torch.Generator().manual_seed(config.seed)
+    evaluator = Classification(
+        train_dataloaders=DataLoader(train_split, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                     num_workers=config.num_workers, generator=generator),
+        val_dataloaders=DataLoader(val_split, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                   num_workers=config.num_workers),
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, num_classes=info.num_classes,
+        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
+        callbacks=[monitor, checkpoints], logger=pl.loggers.CSVLogger(out, name="logs"),
+        enable_progress_bar=config.progress, enable_model_summary=False, default_root_dir=out,
+    )
+    strategy = make_strategy(config)
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str((out / "nni").resolve())
+
+    started = time.perf_counter()
+    experiment.run()
+    search_seconds = time.perf_counter() - started
+
+    monitor = _find_monitor(strategy) or monitor
+    if not monitor.history:
+        raise RuntimeError("the search finished without completing an epoch; see the log above")
+    arch = monitor.last_arch
+    arch.save(out / "arch.json")
+    _save_supernet(strategy.supernet, out / "supernet.safetensors")
+    final = {**monitor.history[-1], "search_seconds": search_seconds,
+             "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in monitor.history])),
+             "peak_memory_mb": max(h["peak_memory_mb"] for h in monitor.history)}
+    summary = {"config": asdict(config), "space_args": space.space_args, "final": final, "history": monitor.history}
+    atomic_write_json(out / "metrics.json", summary)
+    try:
+        from .plot import plot_architecture
+
+        plot_architecture(arch, out / "cells.png")
+    except Exception as e:  # a drawing never costs the search its results
+        _logger.warning("could not draw the cells: %s", e)
+    return final
+
+
+def _find_monitor(strategy) -> SearchMonitor | None:
+    """The monitor instance the trainer actually ran (NNI may have copied the evaluator)."""
+    trainer = getattr(strategy.oneshot_module, "_trainer", None) or getattr(strategy.oneshot_module, "trainer", None)
+    for cb in getattr(trainer, "callbacks", []):
+        if isinstance(cb, SearchMonitor):
+            return cb
+    return None
+
+
+def _save_supernet(supernet: nn.Module, path: Path) -> None:
+    """The supernet body's weights and BN statistics (architecture parameters live in the checkpoint)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in supernet_state(supernet).items()
+             if "_arch_alpha" not in k and "_edge_gate" not in k and "masks." not in k}
+    fd, tmp = tempfile.mkstemp(prefix=".supernet.", dir=path.parent)
+    os.close(fd)
+    save_file(state, tmp)
+    os.replace(tmp, path)
