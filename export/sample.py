@@ -11,6 +11,18 @@ from typing import Any
 
 from hmnas_nni.architecture import Architecture
 
+# Smallest sizes of each space that still have every kind of cell: 8x8 one-channel input (the digits set).
+SMOKE_ARGS: dict[str, dict[str, int]] = {
+    "nb201": {"in_channels": 1, "input_size": 8, "channels": 4},
+    "darts": {"in_channels": 1, "input_size": 8, "channels": 4, "num_cells": 3},
+    "mobile": {"in_channels": 1, "input_size": 8, "channels": 4},
+}
+
+
+def smoke_architecture(space: str, seed: int = 0) -> Architecture:
+    """A sampled architecture of ``space`` at :data:`SMOKE_ARGS` size, for tests and quick benchmarks."""
+    return sample_architecture(space, seed=seed, **SMOKE_ARGS[space])
+
 
 def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, seed: int = 0,
                         **space_args: Any) -> Architecture:
