@@ -20,6 +20,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,31 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _reporter(nni_run: bool) -> Callable[[str, dict[str, Any]], None]:
+    """``report(kind, metric)`` sending to this trial's NNI manager, even from inside ``NasExperiment.run()``.
+
+    While a one-shot search runs, NNI's evaluator swaps the process-wide trial command channel for a mock
+    that keeps metrics for the search itself, so a plain ``nni.report_intermediate_result`` never reaches
+    the manager; the channel taken here (after ``nni.get_next_parameter``) is put back for each report.
+    """
+    import nni
+    from nni.runtime.trial_command_channel import get_default_trial_command_channel, set_default_trial_command_channel
+
+    if not nni_run:
+        return lambda kind, metric: None
+    manager = get_default_trial_command_channel()
+
+    def report(kind: str, metric: dict[str, Any]) -> None:
+        current = get_default_trial_command_channel()
+        set_default_trial_command_channel(manager)
+        try:
+            (nni.report_final_result if kind == "final" else nni.report_intermediate_result)(metric)
+        finally:
+            set_default_trial_command_channel(current)
+
+    return report
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
@@ -258,18 +284,18 @@ def run_trial(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
+    report = _reporter(nni_run)
+
     def on_epoch_end(metrics: dict[str, Any]) -> None:
         print(_describe(metrics), flush=True)
-        if nni_run:
-            nni.report_intermediate_result(nni_metric(metrics))
+        report("intermediate", nni_metric(metrics))
 
     try:
         final = run_search(config, on_epoch_end=on_epoch_end)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     final_metric = nni_metric(final, final=True)
-    if nni_run:
-        nni.report_final_result(final_metric)
+    report("final", final_metric)
     out = Path(config.out)
     print(f"architecture: {out / 'arch.json'}", flush=True)
     print("final: " + json.dumps(final_metric), flush=True)
