@@ -204,6 +204,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: all cores)")
     p.add_argument("--quick", action="store_true", help="short run for tests: batches 1,8, 3 warmup, 10 iters")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.set_defaults(func=run_bench)
     return p
 
 

@@ -194,6 +194,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--real-images", type=int, default=256, help="test images used for real-input parity")
     p.add_argument("--random-images", type=int, default=16, help="random images used for parity")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.set_defaults(func=run_export)
     return p
 
 

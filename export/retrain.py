@@ -58,6 +58,7 @@ def add_retrain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.set_defaults(func=run_retrain)
     return p
 
 
