@@ -42,6 +42,7 @@ class TrialInputError(ValueError):
 
 # --------------------------------------------------------------------------------------------- parameters
 def _config_type() -> type:
+    """``SearchConfig``, imported on first use so this module loads without the search stack."""
     from hmnas_nni.search import SearchConfig
 
     return SearchConfig
@@ -147,6 +148,7 @@ def phase_code(name: Any) -> int:
 
 
 def _number(value: Any) -> float | int | None:
+    """``value`` as a finite int/float, or None when it is missing or not a finite number."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
@@ -174,6 +176,7 @@ def nni_metric(metrics: dict[str, Any], final: bool = False) -> dict[str, float 
 
 
 def _describe(metrics: dict[str, Any]) -> str:
+    """One log line for an epoch's metrics, phase by name."""
     parts = [f"epoch {metrics.get('epoch')}", f"phase {metrics.get('phase')}"]
     for key in EPOCH_KEYS:
         value = metrics.get(key)
@@ -223,6 +226,7 @@ def add_trial_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The SearchConfig fields given on the command line, converted to their types."""
     hints = _field_hints()
     values = {}
     for name, hint in hints.items():
@@ -258,6 +262,7 @@ def _reporter(nni_run: bool) -> Callable[[str, dict[str, Any]], None]:
 
 
 def _fail(message: str) -> int:
+    """Print one ``error:`` line on stderr and return the bad-input exit code."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
 
@@ -292,7 +297,9 @@ def run_trial(args: argparse.Namespace) -> int:
 
     try:
         final = run_search(config, on_epoch_end=on_epoch_end)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad space_args, missing dataset files, ...
+        if os.environ.get("HMNAS_TRACEBACK"):
+            raise
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     final_metric = nni_metric(final, final=True)
     report("final", final_metric)
