@@ -1,0 +1,1 @@
+"""Experiment scripts: searches and the strategy comparison."""
