@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import re
 import sys
 import tempfile
@@ -61,6 +62,21 @@ def _chain(err: BaseException) -> list[BaseException]:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Any:
+    """Keep the exporter's and optimizer's INFO chatter out of the CLI's log while exporting."""
+    prefixes = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export")
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith(prefixes)] + list(prefixes)
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, input_size: tuple[int, int, int], opset: int = DEFAULT_OPSET,
                 half: bool = False, metadata: dict[str, str] | None = None) -> Path:
     """Export ``model`` (eval mode) to ``path`` with a dynamic batch axis and metadata, then run the full checker."""
@@ -73,7 +89,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: tuple[int,
     batch = torch.export.Dim("batch", min=1, max=65536)
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log), torch.no_grad():
+        with contextlib.redirect_stdout(log), _quiet_exporter_logs(), torch.no_grad():
             program = torch.onnx.export(
                 model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
                 dynamo=True, dynamic_shapes={"x": {0: batch}}, external_data=False, verbose=False,
