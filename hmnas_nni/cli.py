@@ -94,6 +94,7 @@ EXTRA_COMMANDS = (
     ("export.cli", "add_retrain_parser"),
     ("export.cli", "add_export_parser"),
     ("export.cli", "add_bench_parser"),
+    ("experiments.compare", "add_compare_parser"),
 )
 
 

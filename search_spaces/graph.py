@@ -53,12 +53,13 @@ class CellGraph:
 class Liveness:
     """Which nodes and edges of a cell survive: reached from the inputs and feeding the output."""
 
-    reached: frozenset[int]
+    reached: frozenset[int]  # reached from the inputs over switched-on edges
+    alive: frozenset[int]  # reached and feeding the output
     live_edges: tuple[Edge, ...]
     output_reached: bool
 
     def node_alive(self, node: int) -> bool:
-        return node in self.reached
+        return node in self.alive
 
 
 def liveness(graph: CellGraph, edge_on: dict[Edge, bool]) -> Liveness:
@@ -77,5 +78,5 @@ def liveness(graph: CellGraph, edge_on: dict[Edge, bool]) -> Liveness:
         if e.dst in useful and e.src in reached and edge_on.get(e, False):
             useful.add(e.src)
     live = tuple(e for e in edges if edge_on.get(e, False) and e.src in reached and e.dst in useful)
-    reached_nodes = frozenset(n for n in reached if n < graph.num_inputs or n in useful)
-    return Liveness(reached_nodes, live, any(n in reached for n in graph.output_nodes()))
+    alive = frozenset(n for n in reached if n < graph.num_inputs or n in useful)
+    return Liveness(frozenset(reached), alive, live, any(n in reached for n in graph.output_nodes()))
