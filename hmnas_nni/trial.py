@@ -261,6 +261,16 @@ def _reporter(nni_run: bool) -> Callable[[str, dict[str, Any]], None]:
     return report
 
 
+def _quiet_nni() -> None:
+    """Drop NNI's repeated notice that a one-shot run ignores the training service (it fills trial.log)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "will be ignored for sequential execution engine" not in record.getMessage()
+
+    logging.getLogger("nni.nas.experiment.config.experiment").addFilter(keep)
+
+
 def _fail(message: str) -> int:
     """Print one ``error:`` line on stderr and return the bad-input exit code."""
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -289,6 +299,7 @@ def run_trial(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
+    _quiet_nni()
     report = _reporter(nni_run)
 
     def on_epoch_end(metrics: dict[str, Any]) -> None:
