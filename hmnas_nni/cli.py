@@ -98,6 +98,24 @@ EXTRA_COMMANDS = (
 )
 
 
+class _DropNoise(logging.Filter):
+    """NNI repeats that a one-shot run ignores the training service; say nothing about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be ignored for sequential execution engine" not in record.getMessage()
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our messages to stderr (NNI and Lightning keep their own handlers)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[hmnas] %(levelname)s %(message)s"))
+    logger = logging.getLogger("hmnas_nni")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    logging.getLogger("nni.nas.experiment.config.experiment").addFilter(_DropNoise())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hmnas", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -115,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (ArchitectureError, ValueError, FileNotFoundError, TypeError) as e:
