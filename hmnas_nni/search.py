@@ -295,7 +295,10 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     experiment.config.experiment_working_directory = str((out / "nni").resolve())
 
     started = time.perf_counter()
-    experiment.run()
+    try:
+        experiment.run()
+    finally:
+        experiment.stop()  # now, not at interpreter exit (when test runners have closed the log streams)
     search_seconds = time.perf_counter() - started
 
     monitor = _find_monitor(strategy) or monitor
