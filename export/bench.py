@@ -116,13 +116,13 @@ def _ort_providers(backend: str) -> list[Any]:
 
 
 def bench_ort(backend: str, onnx_path: Path, x: np.ndarray, warmup: int, iters: int,
-              min_seconds: float) -> tuple[dict[str, float], dict[str, Any]]:
+              min_seconds: float, threads: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Time one ORT provider at one batch; first-run cost = session creation (+ engine build) + first run."""
     import onnxruntime as ort
 
     wanted = _ort_providers(backend)
     t0 = time.perf_counter()
-    session = ort_session(onnx_path, wanted)
+    session = ort_session(onnx_path, wanted, threads=threads)
     created = time.perf_counter() - t0
     used = session.get_providers()
     want = wanted[0][0] if isinstance(wanted[0], tuple) else wanted[0]
@@ -256,9 +256,20 @@ def bench(arch_path: str | Path, out: str | Path, weights: str | Path | None = N
     if unknown:
         raise BenchError(f"unknown backend(s) {unknown}; choose from {list(ALL_BACKENDS)}")
     out = guard_outputs(out, OUTPUTS, force)
+    saved_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _bench(arch, extras, arch_path, out, weights, onnx_path, batch_sizes, backends, warmup, iters,
+                      min_seconds, threads, quick, seed, skipped)
+    finally:
+        torch.set_num_threads(saved_threads)
 
+
+def _bench(arch: Any, extras: dict[str, Any], arch_path: str | Path, out: Path, weights: str | Path | None,
+           onnx_path: str | Path | None, batch_sizes: list[int], backends: list[str], warmup: int, iters: int,
+           min_seconds: float, threads: int | None, quick: bool, seed: int, skipped: dict[str, str]) -> dict[str, Any]:
+    """The measuring part of :func:`bench`, run with the requested thread count."""
     model = HmnasNet(arch.to_dict() | extras).eval()
     weights_note = "random init"
     if weights is not None:
@@ -271,9 +282,11 @@ def bench(arch_path: str | Path, out: str | Path, weights: str | Path | None = N
     first_run: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hmnas-bench-") as tmp:
         if onnx_path is not None:
+            if weights is None and any(b.startswith("torch-") for b in backends):
+                raise BenchError("--onnx needs --weights too, so PyTorch runs the weights the ONNX file holds; "
+                                 "pass the model.safetensors it was exported from")
             proto = load_onnx(onnx_path)
-            if weights is not None and metadata_of(proto).get("hmnas.architecture") not in (None, json.dumps(
-                    arch.to_dict())):
+            if metadata_of(proto).get("hmnas.architecture") not in (None, json.dumps(arch.to_dict())):
                 raise BenchError(f"{onnx_path} was exported from another architecture than {arch_path}; "
                                  "pass the arch.json it was exported from")
             onnx_file = Path(onnx_path)
@@ -327,7 +340,7 @@ def _run_all(model: HmnasNet, onnx_file: Path | None, base: torch.Tensor, backen
             x = base[:b]
             try:
                 if backend.startswith("ort-"):
-                    stats, extra = bench_ort(backend, onnx_file, x.numpy(), warmup, iters, min_seconds)
+                    stats, extra = bench_ort(backend, onnx_file, x.numpy(), warmup, iters, min_seconds, threads)
                 else:
                     stats, extra = bench_torch(backend, net, x.to(dev), warmup, iters, min_seconds, compiled)
             except Exception as e:  # noqa: BLE001 - record any backend failure and go on

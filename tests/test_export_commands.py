@@ -19,6 +19,15 @@ from hmnas_nni.data import load_dataset
 from search_spaces import build_space
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting made these tests several times slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _cli(add, run, argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     add(parser.add_subparsers(dest="cmd"))
@@ -104,13 +113,14 @@ def test_bench_quick_writes_json_csv_and_png(retrained):
     out = retrained / "bench"
     rc = _cli(add_bench_parser, run_bench, ["bench", str(retrained / "out" / "arch.json"), "--weights",
                                             str(retrained / "out" / "model.safetensors"), "--out", str(out),
-                                            "--quick"])
+                                            "--quick", "--threads", "1"])
     assert rc == 0
     doc = json.loads((out / "bench.json").read_text())
     measured = {(r["backend"], r["batch"]) for r in doc["results"]}
     assert measured == {("ort-cpu", 1), ("ort-cpu", 8), ("torch-eager", 1), ("torch-eager", 8)}
     for r in doc["results"]:
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0 and r["iters"] >= 10
+    assert doc["settings"]["threads"] == 1 and torch.get_num_threads() == 1  # restored to the fixture's count
     assert doc["providers_used"] == ["CPUExecutionProvider"]  # no GPU provider requested on a CPU machine
     assert "torch-compile" in doc["skipped"] and doc["versions"]["onnxruntime"]
     assert doc["first_run"]["ort-cpu"]["1"]["session_seconds"] > 0 and doc["first_run"]["onnx-export"]["seconds"] > 0
