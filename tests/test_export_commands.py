@@ -145,7 +145,12 @@ def test_bench_rejects_a_corrupt_onnx_file(tmp_path, capsys):
     smoke_architecture("mobile").save(tmp_path / "arch.json")
     (tmp_path / "bad.onnx").write_bytes(b"garbage" * 20)
     rc = _cli(add_bench_parser, run_bench, ["bench", str(tmp_path / "arch.json"), "--onnx", str(tmp_path / "bad.onnx"),
-                                            "--out", str(tmp_path / "out"), "--quick"])
+                                            "--out", str(tmp_path / "out"), "--quick", "--backends", "ort-cpu"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "corrupt" in err and "hmnas export" in err
+    # With PyTorch backends the ONNX file's weights must be given too, or the two sides would differ.
+    rc = _cli(add_bench_parser, run_bench, ["bench", str(tmp_path / "arch.json"), "--onnx", str(tmp_path / "bad.onnx"),
+                                            "--out", str(tmp_path / "out"), "--quick"])
+    assert rc == 2 and "--weights" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "bench.json").exists()
