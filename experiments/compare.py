@@ -73,6 +73,7 @@ class Budget:
     space_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per space name
     bn_batches: int = 10
     retrain_limit: int | None = None
+    threads: int | None = None  # torch intra-op threads per search process (None: torch's default)
     description: str = ""
 
 
@@ -81,14 +82,14 @@ BUDGETS: dict[str, Budget] = {
         space="nb201", dataset="digits", epochs=3, subset=192, batch_size=32, seeds=(0,),
         space_args={"nb201": {"channels": 4}, "darts": {"channels": 4, "num_cells": 3},
                     "mobile": {"channels": 4}},
-        bn_batches=4, retrain_limit=512,
+        bn_batches=4, retrain_limit=512, threads=1,
         description="CI smoke: scikit-learn digits (8x8), 96 + 96 images, 3 epochs, width 4",
     ),
     "cpu": Budget(
         space="nb201", dataset="fashion-mnist", epochs=6, subset=4000, batch_size=64, seeds=(0, 1, 2),
         space_args={"nb201": {"channels": 8, "cells_per_stage": 1}, "darts": {"channels": 8, "num_cells": 3},
                     "mobile": {"channels": 8}},
-        bn_batches=10, retrain_limit=10000,
+        bn_batches=10, retrain_limit=10000, threads=2,
         description="Fashion-MNIST proxy for 2 CPU cores: 2,000 + 2,000 images, 6 epochs, NAS-Bench-201 width 8",
     ),
     "gpu": Budget(
@@ -128,6 +129,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also retrain every derived network from scratch for EPOCHS and report test accuracy")
     p.add_argument("--retrain-limit", type=int, default=None,
                    help="training images for --retrain (default: the budget's; 0 = the whole training set)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per search process (default: the budget's; 1 is steadier on a busy machine)")
     p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the ONNX Runtime latency")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator for the searches (auto, cpu, gpu)")
@@ -179,7 +182,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs or budget.epochs, "subset": args.subset or budget.subset,
         "batch_size": args.batch_size or budget.batch_size, "space_args": space_args, "seeds": seeds,
         "strategies": strategies, "bn_batches": budget.bn_batches, "retrain": int(args.retrain),
-        "retrain_limit": retrain_limit, "latency": bool(args.latency), "data_root": args.data_root,
+        "retrain_limit": retrain_limit, "threads": args.threads or budget.threads, "latency": bool(args.latency), "data_root": args.data_root,
         "accelerator": args.accelerator, "out": str(args.out or f"runs/compare-{args.budget}"),
         "command": " ".join(["hmnas", "compare", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"]
         else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -305,6 +308,8 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
         subset=plan["subset"], seed=seed, out=str(folder / "search"), batch_size=plan["batch_size"],
         space_args=dict(plan["space_args"]), data_root=plan["data_root"], accelerator=plan["accelerator"],
         progress=False)
+    if plan.get("threads"):
+        torch.set_num_threads(plan["threads"])
     rss_start = psutil.Process().memory_info().rss / 2**20
     final = search.run_search(config)
     search.make_strategy = make_strategy
