@@ -182,7 +182,8 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs or budget.epochs, "subset": args.subset or budget.subset,
         "batch_size": args.batch_size or budget.batch_size, "space_args": space_args, "seeds": seeds,
         "strategies": strategies, "bn_batches": budget.bn_batches, "retrain": int(args.retrain),
-        "retrain_limit": retrain_limit, "threads": args.threads or budget.threads, "latency": bool(args.latency), "data_root": args.data_root,
+        "retrain_limit": retrain_limit, "threads": args.threads or budget.threads, "latency": bool(args.latency),
+        "data_root": args.data_root,
         "accelerator": args.accelerator, "out": str(args.out or f"runs/compare-{args.budget}"),
         "command": " ".join(["hmnas", "compare", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"]
         else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
