@@ -11,12 +11,15 @@ from pathlib import Path
 
 from .architecture import Architecture, ArchitectureError
 
+#: Exit status of a search stopped by a non-finite loss or architecture parameter (bad input exits 2).
+EXIT_NUMERICAL_FAULT = 3
+
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
     from search_spaces import SPACES
 
     from .data import DATASETS
-    from .search import STRATEGIES, SearchConfig
+    from .search import DISTRIBUTED, STRATEGIES, SearchConfig
 
     d = SearchConfig()
     p = sub.add_parser("search", help="search a space with HM-NAS or one of NNI's one-shot strategies",
@@ -31,7 +34,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default runs/<space>-<dataset>-<strategy>)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate, help="weight learning rate")
-    p.add_argument("--space-args", type=json.loads, default={}, help='JSON, e.g. \'{"channels": 16}\'')
+    p.add_argument("--space-args", type=json_object, default={}, help='JSON, e.g. \'{"channels": 16}\'')
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     g = p.add_argument_group("architecture search knobs")
     g.add_argument("--arc-lr", type=float, default=d.arc_lr, help="learning rate of alpha/beta")
@@ -42,25 +45,87 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mask-lr", type=float, default=d.mask_lr, help="HM-NAS mask score learning rate")
     g.add_argument("--sparsity", type=float, default=d.sparsity, help="HM-NAS sparsity weight lambda")
     g.add_argument("--accelerator", default=d.accelerator)
-    g.add_argument("--devices", type=int, default=d.devices)
+    g.add_argument("--devices", type=int, default=d.devices, help="devices (processes under --distributed ddp)")
+    g.add_argument("--distributed", choices=DISTRIBUTED, default=d.distributed,
+                   help="Lightning strategy over --devices: auto (one process) or ddp (one supernet, N processes)")
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="data-loading worker processes")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the search whose --out was DIR from DIR/checkpoints/last.ckpt (options not given "
+                        "here are taken from that run; results go to --out, default DIR)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run_search_command)
+    p.set_defaults(_search_parser=p)
+
+
+def json_object(text: str) -> dict:
+    """``--space-args``: a JSON object (parsed as data with ``json.loads``, never evaluated)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos}); write a JSON object "
+                                         'such as \'{"channels": 16}\'') from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"channels\": 16}}', "
+                                         f"got {type(value).__name__} {text!r}")
+    return value
+
+
+def _given_options(args: argparse.Namespace) -> set[str]:
+    """Destinations set on the command line (not defaults): re-parse argv with every default suppressed."""
+    parser: argparse.ArgumentParser | None = getattr(args, "_search_parser", None)
+    argv = getattr(args, "_argv", None)
+    if parser is None or argv is None:
+        return set()
+    probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help",):
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if isinstance(action, argparse._StoreFalseAction | argparse._StoreTrueAction):
+                kwargs["action"] = "store_const"
+                kwargs["const"] = action.const
+            else:
+                kwargs["nargs"] = action.nargs
+            probe.add_argument(*action.option_strings, **kwargs)
+    known, _ = probe.parse_known_args(argv)
+    return set(vars(known))
 
 
 def config_from_args(args: argparse.Namespace):
+    """The SearchConfig of ``hmnas search``; with ``--resume DIR`` options not on the command line come from DIR."""
+    from .reliability import check_resumable, checkpoint_path, read_checkpoint, saved_config
     from .search import SearchConfig
 
-    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose") and not k.startswith("_")}
+    if values.get("resume") is not None:
+        path = checkpoint_path(values["resume"])
+        saved = saved_config(read_checkpoint(path), path)
+        given = _given_options(args)
+        values = {**saved, **{k: v for k, v in values.items() if k in given}, "resume": values["resume"]}
+        if "out" not in given:
+            values["out"] = values["resume"]
+        check_resumable(values, values["resume"])
     if values.get("out") is None:
-        values["out"] = f"runs/{args.space}-{args.dataset}-{args.strategy}"
+        values["out"] = f"runs/{values['space']}-{values['dataset']}-{values['strategy']}"
     return SearchConfig.from_dict(values).validate()
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from .lightning import NumericalFault
+    from .reliability import SearchInterrupted
     from .search import run_search
 
     config = config_from_args(args)
-    final = run_search(config)
+    try:
+        final = run_search(config)
+    except NumericalFault as e:
+        print(f"hmnas search: numerical fault: {e}; the last good checkpoint is {Path(config.out)}/checkpoints/"
+              f"last.ckpt, the metrics so far are in {Path(config.out) / 'metrics.json'}", file=sys.stderr)
+        return EXIT_NUMERICAL_FAULT
+    except SearchInterrupted as e:
+        print(f"hmnas search: {e}; continue with: hmnas search --resume {config.out}", file=sys.stderr)
+        return 128 + e.signum
+    if final.get("global_rank", 0) != 0:
+        return 0  # DDP ranks > 0: rank 0 reports
     keys = ("supernet_val_acc", "derived_val_acc", "derivation_gap", "ops_kept", "edges_kept", "params",
             "epoch_seconds", "peak_memory_mb")
     print(json.dumps({k: final[k] for k in keys}, indent=2))
@@ -133,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

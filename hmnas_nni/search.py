@@ -38,11 +38,23 @@ from search_spaces import SPACES, ProjectSpace, build_space
 from .architecture import Architecture
 from .data import DATASETS, load_dataset, search_splits
 from .evaluation import accuracy, count_parameters
+from .lightning import NumericalFault
 from .materialize import materialize, supernet_state
+from .reliability import (
+    EpochCheckpoint,
+    EpochSampler,
+    GracefulStop,
+    SearchInterrupted,
+    SearchState,
+    arch_digest,
+    check_resumable,
+)
 
 _logger = logging.getLogger(__name__)
 
 STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
+#: Lightning strategies a search may run under: one process, or one supernet replicated over ``devices``.
+DISTRIBUTED = ("auto", "ddp")
 
 
 @dataclass
@@ -75,6 +87,9 @@ class SearchConfig:
     devices: int = 1
     num_workers: int = 0
     progress: bool = True
+    # fault tolerance and scale-out
+    resume: str | None = None  # --out folder of an earlier run: continue from its checkpoints/last.ckpt
+    distributed: str = "auto"  # Lightning strategy over `devices`: "auto" (one process) or "ddp"
 
     def validate(self) -> SearchConfig:
         """Raise ``ValueError`` with one line naming the bad field and what it accepts."""
@@ -106,6 +121,15 @@ class SearchConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.space_args, dict):
             raise ValueError(f"space_args must be a JSON object, got {self.space_args!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {list(DISTRIBUTED)}, got {self.distributed!r}")
+        if self.resume is not None and not isinstance(self.resume, str):
+            raise ValueError(f"resume must be the path of an earlier run's output folder, got {self.resume!r}")
+        if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out {str(out)!r} is a file, not a folder; pass a folder path for the results")
         return self
 
     @classmethod
@@ -208,7 +232,12 @@ class PeakMemory:
 
 
 class SearchMonitor(pl.Callback):
-    """After every search epoch: time it, derive the architecture, evaluate supernet and derived network."""
+    """After every search epoch: time it, derive the architecture, evaluate supernet and derived network.
+
+    Its history travels in every checkpoint (so a resumed run reports every epoch) and is written to
+    ``out/metrics.json`` after each epoch by rank 0; under DDP each rank also writes ``out/ranks/rank{r}.json``
+    with hashes of its architecture parameters and its masks' live lists, to check that ranks agree.
+    """
 
     def __init__(self, config: SearchConfig, space: ProjectSpace, val_data, on_epoch_end=None) -> None:
         self.config = config
@@ -219,6 +248,23 @@ class SearchMonitor(pl.Callback):
         self.memory = PeakMemory()
         self._t0 = 0.0
         self.last_arch: Architecture | None = None
+        self.global_rank = 0
+        self.world_size = 1
+        self.ranks: list[dict[str, Any]] = []
+
+    @property
+    def state_key(self) -> str:
+        return "hmnas.SearchMonitor"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": json.dumps(self.history), "ranks": json.dumps(self.ranks)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = json.loads(state_dict.get("history", "[]"))
+        self.ranks = json.loads(state_dict.get("ranks", "[]"))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.global_rank, self.world_size = trainer.global_rank, trainer.world_size
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.memory.start()
@@ -232,13 +278,22 @@ class SearchMonitor(pl.Callback):
                                                                         self.config.schedule()[0] else "search")
         metrics = {"epoch": trainer.current_epoch, "phase": phase, **metrics,
                    "epoch_seconds": seconds, "peak_memory_mb": peak}
-        self.history.append(metrics)
+        self.history = [h for h in self.history if h["epoch"] < metrics["epoch"]] + [metrics]
         pl_module.log_dict({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         _logger.info("epoch %d (%s): supernet %.4f, derived %.4f, gap %.4f, ops %d, edges %d",
                      metrics["epoch"], phase, metrics["supernet_val_acc"], metrics["derived_val_acc"],
                      metrics["derivation_gap"], metrics["ops_kept"], metrics["edges_kept"])
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(dict(metrics))
+        out = Path(self.config.out)
+        if self.world_size > 1:
+            self.ranks.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                               **arch_digest(pl_module), "arch": self.last_arch.to_dict()})
+            (out / "ranks").mkdir(exist_ok=True)
+            atomic_write_json(out / "ranks" / f"rank{self.global_rank}.json",
+                              {"rank": self.global_rank, "world_size": self.world_size, "epochs": self.ranks})
+        if self.global_rank == 0:
+            write_metrics(out, self.config, self.space, self.history, status="running")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(dict(metrics))
 
     @torch.no_grad()
     def evaluate(self, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -264,54 +319,104 @@ class SearchMonitor(pl.Callback):
         }
 
 
+def write_metrics(out: Path, config: SearchConfig, space: ProjectSpace, history: list[dict[str, Any]],
+                  status: str, final: dict[str, Any] | None = None, error: str | None = None) -> None:
+    """``out/metrics.json``: config, per-epoch history so far, run status (and final metrics once done)."""
+    summary: dict[str, Any] = {"config": asdict(config), "space_args": space.space_args, "status": status}
+    if error:
+        summary["error"] = error
+    if final is not None:
+        summary["final"] = final
+    summary["history"] = history
+    atomic_write_json(out / "metrics.json", summary)
+
+
+def _is_global_zero() -> bool:
+    """True outside DDP and on rank 0 of a DDP run (Lightning's launcher sets RANK / LOCAL_RANK for the others)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
 def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run one search as configured; return the final metrics (also written to ``out/metrics.json``)."""
+    """Run one search as configured; return the final metrics (also written to ``out/metrics.json``).
+
+    With ``config.resume`` the search continues from that folder's ``checkpoints/last.ckpt`` (checked
+    against this config before any data is loaded). A :class:`NumericalFault` or a SIGTERM/SIGINT
+    (:class:`SearchInterrupted`) propagates after ``metrics.json`` records it; the checkpoints stay.
+    Under ``distributed="ddp"`` every rank runs this function; only rank 0 writes results.
+    """
     config.validate()
     out = Path(config.out)
+    resume_from = None
+    if config.resume is not None:
+        resume_from, _saved, done = check_resumable(asdict(config), config.resume)
+        _logger.info("resuming from %s after %d finished epoch(s)", resume_from, done)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
 
     train, _test, info = load_dataset(config.dataset, config.data_root)
     train_split, val_split = search_splits(train, config.subset, config.seed)
+    for name, split in (("training", train_split), ("validation", val_split)):
+        if len(split) < config.batch_size:
+            raise ValueError(f"the {name} half of the data has {len(split)} images, fewer than one batch "
+                             f"(--batch-size {config.batch_size}); raise --subset or lower --batch-size")
     space_args = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
                   **config.space_args}
     space = build_space(config.space, **space_args)
 
     monitor = SearchMonitor(config, space, val_split, on_epoch_end)
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
-    generator = torch.Generator().manual_seed(config.seed)
+    checkpoints = EpochCheckpoint(out / "checkpoints")
+    samplers = [EpochSampler(len(train_split), config.seed, 0), EpochSampler(len(val_split), config.seed, 1)]
+    state = SearchState(asdict(config), samplers)
+    stopper = GracefulStop(out / "checkpoints")
+    distributed: dict[str, Any] = {}
+    if config.distributed == "ddp":
+        # masked-out ops take no part in a step: DDP must look for unused parameters
+        distributed = {"strategy": "ddp_find_unused_parameters_true", "use_distributed_sampler": True}
     evaluator = Classification(
-        train_dataloaders=DataLoader(train_split, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                     num_workers=config.num_workers, generator=generator),
-        val_dataloaders=DataLoader(val_split, batch_size=config.batch_size, shuffle=True, drop_last=True,
+        train_dataloaders=DataLoader(train_split, batch_size=config.batch_size, sampler=samplers[0], drop_last=True,
+                                     num_workers=config.num_workers),
+        val_dataloaders=DataLoader(val_split, batch_size=config.batch_size, sampler=samplers[1], drop_last=True,
                                    num_workers=config.num_workers),
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, num_classes=info.num_classes,
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        callbacks=[monitor, checkpoints], logger=pl.loggers.CSVLogger(out, name="logs"),
-        enable_progress_bar=config.progress, enable_model_summary=False, default_root_dir=out,
+        callbacks=[state, monitor, checkpoints, stopper], logger=pl.loggers.CSVLogger(out, name="logs"),
+        enable_progress_bar=config.progress, enable_model_summary=False, default_root_dir=out, **distributed,
     )
+    if resume_from is not None:
+        # what NNI's OneShotStrategy.load_state_dict({"ckpt_path": ...}) does, set before the run starts
+        evaluator.fit_kwargs.update(ckpt_path=str(resume_from), weights_only=True)
     strategy = make_strategy(config)
     experiment = NasExperiment(space, evaluator, strategy)
-    experiment.config.experiment_working_directory = str((out / "nni").resolve())
+    rank_dir = "nni" if _is_global_zero() else f"nni-rank{os.environ.get('RANK', os.environ.get('LOCAL_RANK'))}"
+    experiment.config.experiment_working_directory = str((out / rank_dir).resolve())
 
     started = time.perf_counter()
     try:
         experiment.run()
+    except (NumericalFault, SearchInterrupted) as e:
+        monitor = _find_monitor(strategy) or monitor
+        if monitor.global_rank == 0:
+            status = "failed" if isinstance(e, NumericalFault) else "interrupted"
+            write_metrics(out, config, space, monitor.history, status=status, error=str(e))
+        raise
     finally:
         experiment.stop()  # now, not at interpreter exit (when test runners have closed the log streams)
     search_seconds = time.perf_counter() - started
 
     monitor = _find_monitor(strategy) or monitor
-    if not monitor.history:
+    if not monitor.history or monitor.last_arch is None:
         raise RuntimeError("the search finished without completing an epoch; see the log above")
     arch = monitor.last_arch
-    arch.save(out / "arch.json")
-    _save_supernet(strategy.supernet, out / "supernet.safetensors")
     final = {**monitor.history[-1], "search_seconds": search_seconds,
              "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in monitor.history])),
              "peak_memory_mb": max(h["peak_memory_mb"] for h in monitor.history)}
-    summary = {"config": asdict(config), "space_args": space.space_args, "final": final, "history": monitor.history}
-    atomic_write_json(out / "metrics.json", summary)
+    if monitor.world_size > 1:
+        final.update(global_rank=monitor.global_rank, world_size=monitor.world_size)
+    if monitor.global_rank != 0:
+        return final
+    arch.save(out / "arch.json")
+    _save_supernet(strategy.supernet, out / "supernet.safetensors")
+    write_metrics(out, config, space, monitor.history, status="finished", final=final)
     try:
         from .plot import plot_architecture
 
