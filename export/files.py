@@ -53,7 +53,7 @@ def _jsonable(o: Any) -> Any:
 
 
 def guard_outputs(out: str | os.PathLike, names: Iterable[str], force: bool) -> Path:
-    """Create ``out`` and refuse to overwrite any of ``names`` there unless ``force``."""
+    """Refuse to overwrite any of ``names`` in ``out`` unless ``force``; the folder is made when results exist."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExists(f"--out {out} is a file, not a folder; pass a folder path")
@@ -62,7 +62,6 @@ def guard_outputs(out: str | os.PathLike, names: Iterable[str], force: bool) -> 
         raise OutputExists(
             f"{out} already holds {', '.join(existing)}; pass --force to overwrite or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 

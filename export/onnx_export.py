@@ -108,6 +108,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: tuple[int,
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "hmnas-nni"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=path.parent)
     with open(fd, "wb") as f:
         f.write(proto.SerializeToString())
