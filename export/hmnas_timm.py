@@ -149,8 +149,6 @@ class HmnasNet(nn.Module):
         # The body keeps only its features: pooling and classifier live here so reset_classifier can swap them.
         body.global_pool = nn.Identity()
         body.classifier = nn.Identity()
-        # The body's class annotates these as postponed strings, which torch.jit.script cannot type; it never uses them.
-        body.__jit_ignored_attributes__ = ["num_classes", "num_features"]
         self.body = body
         self.global_pool, self.head_drop, self.classifier = self._make_head(self.num_classes, global_pool)
         if isinstance(old_fc, nn.Linear) and isinstance(self.classifier, nn.Linear) \
