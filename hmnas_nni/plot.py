@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from search_spaces import CellGraph, build_space, liveness  # noqa: E402
+from search_spaces.derived import kept_edges  # noqa: E402
 
 from .architecture import Architecture  # noqa: E402
 
@@ -26,13 +27,7 @@ def _edge_text(arch: Architecture, graph: CellGraph, e) -> str:
 
 
 def _draw_cell(ax, arch: Architecture, graph: CellGraph) -> None:
-    edge_on = {}
-    for e in graph.edges:
-        on = bool(arch.ops.get(e.op_label))
-        if e.input_label is not None:
-            on = on and e.input_index in arch.input_weights(e.input_label)
-        edge_on[e] = on
-    live = liveness(graph, edge_on)
+    live = liveness(graph, kept_edges(graph, arch))
     n_total = graph.num_inputs + graph.num_nodes
     xs = {n: n for n in range(n_total)}
     names = {n: (f"in{n}" if n < graph.num_inputs else f"n{n}") for n in range(n_total)}

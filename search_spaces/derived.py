@@ -44,18 +44,23 @@ def derived_ops(arch: Architecture, label: str, candidates: dict[str, nn.Module]
     return DerivedOps(kept, [weights[name] for name in kept])
 
 
+def kept_edges(graph: CellGraph, arch: Architecture) -> dict[Edge, bool]:
+    """Which edges of ``graph`` the architecture keeps: some op kept and, where inputs are chosen, the input kept."""
+    kept = {}
+    for e in graph.edges:
+        on = bool(arch.ops.get(e.op_label))
+        if e.input_label is not None:
+            on = on and e.input_index in arch.input_weights(e.input_label)
+        kept[e] = on
+    return kept
+
+
 class DerivedCell(nn.Module):
     """A cell DAG with only its live edges. Subclasses define ``forward`` and call :meth:`run_dag`."""
 
     def __init__(self, graph: CellGraph, arch: Architecture, make_ops: Callable[[Edge], dict[str, nn.Module]]) -> None:
         super().__init__()
-        edge_on: dict[Edge, bool] = {}
-        for e in graph.edges:
-            on = bool(arch.ops.get(e.op_label))
-            if e.input_label is not None:
-                on = on and e.input_index in arch.input_weights(e.input_label)
-            edge_on[e] = on
-        live = liveness(graph, edge_on)
+        live = liveness(graph, kept_edges(graph, arch))
         if not live.output_reached:
             raise ValueError(f"architecture leaves no path from the inputs to the output of the {graph.kind!r} cell")
         self.edges = nn.ModuleDict()

@@ -18,14 +18,7 @@ from export.sample import SMOKE_ARGS, smoke_architecture
 from hmnas_nni.data import load_dataset
 from search_spaces import build_space
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting made these tests several times slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(add, run, argv: list[str]) -> int:

@@ -17,13 +17,7 @@ from hmnas_nni.architecture import ArchitectureError
 SPACES = ("nb201", "darts", "mobile")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting made these tests several times slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=SPACES)
