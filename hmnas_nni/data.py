@@ -96,7 +96,15 @@ def _digits() -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
 
 
 def _candidates(root: str | os.PathLike | None, env: str, defaults: tuple[str, ...]) -> list[Path]:
-    paths = [Path(root)] if root else []
+    """Folders to look in: only ``root`` when one is given (a typo must not silently pick other data)."""
+    if root:
+        root = Path(root)
+        if not root.exists():
+            raise DatasetError(f"--data-root {root} does not exist; pass the folder that holds the dataset files")
+        if not root.is_dir():
+            raise DatasetError(f"--data-root {root} is a file; pass the folder that holds the dataset files")
+        return [root]
+    paths = []
     if os.environ.get(env):
         paths.append(Path(os.environ[env]))
     return paths + [Path(d) for d in defaults]
@@ -136,7 +144,10 @@ def _fashion_mnist(root) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
     yte = _read_idx(folder / FASHION_FILES[3], 1)
     for x, path in ((xtr, FASHION_FILES[0]), (xte, FASHION_FILES[2])):
         if x.shape[1:] != (28, 28):
-            raise DatasetError(f"{folder / path}: images are {x.shape[1:]}, Fashion-MNIST images are 28x28")
+            raise DatasetError(f"{folder / path}: images are {'x'.join(map(str, x.shape[1:]))}, Fashion-MNIST "
+                               "images are 28x28; pass --data-root to the original Fashion-MNIST files")
+    for x, y, names in ((xtr, ytr, FASHION_FILES[:2]), (xte, yte, FASHION_FILES[2:])):
+        _check_labels(folder / names[1], y, len(x), folder / names[0], 10)
     def to_t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a / 255.0, dtype=torch.float32).unsqueeze(1)
     return _finish("fashion-mnist", to_t(xtr), torch.as_tensor(ytr, dtype=torch.int64),
@@ -160,9 +171,23 @@ def _cifar10(root) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
         path = folder / name
         if not path.is_file():
             raise DatasetError(f"CIFAR-10 folder {folder} lacks {name}; unpack the whole cifar-10-python.tar.gz")
-        with open(path, "rb") as f:
-            d = _SafeUnpickler(f, encoding="latin1").load()
-        return np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d["labels"])
+        try:
+            with open(path, "rb") as f:
+                d = _SafeUnpickler(f, encoding="latin1").load()
+        except DatasetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - truncated or not a pickle: same advice
+            raise DatasetError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e}); it may be "
+                               "truncated: unpack cifar-10-python.tar.gz again") from None
+        if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+            raise DatasetError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
+        data = np.asarray(d["data"])
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DatasetError(f"{path}: images have {data.shape[1:] if data.ndim > 1 else data.shape} values each, "
+                               "CIFAR-10 images are 3x32x32 = 3072 values; pass the original CIFAR-10 batches")
+        labels = np.asarray(d["labels"])
+        _check_labels(path, labels, len(data), path, 10)
+        return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
     xtr = np.concatenate([p[0] for p in parts])
@@ -172,6 +197,16 @@ def _cifar10(root) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
         return torch.as_tensor(a / 255.0, dtype=torch.float32)
     return _finish("cifar10", to_t(xtr), torch.as_tensor(ytr, dtype=torch.int64),
                    to_t(xte), torch.as_tensor(yte, dtype=torch.int64), 10)
+
+
+def _check_labels(path: Path, labels: np.ndarray, n_images: int, images: Path, n_classes: int) -> None:
+    """Labels must be one integer in ``[0, n_classes)`` per image."""
+    if len(labels) != n_images:
+        raise DatasetError(f"{path} has {len(labels)} labels for the {n_images} images of {images}; "
+                           "the files come from different datasets or one is truncated")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetError(f"{path}: labels range over {int(labels.min())}..{int(labels.max())}, "
+                           f"expected 0..{n_classes - 1}")
 
 
 class _SafeUnpickler(pickle.Unpickler):

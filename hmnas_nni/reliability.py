@@ -127,6 +127,18 @@ class SearchState(pl.Callback):
         for s in self.samplers:
             s.epoch_fn = lambda: trainer.current_epoch
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Order every optimizer's parameters as the module lists them, before a checkpoint's state is loaded.
+
+        NNI's ``DartsLightningModule.arch_parameters()`` returns ``list(set(...))``, whose order changes from
+        process to process; optimizer state is saved by position, so a resumed Adam would otherwise give one
+        parameter another's moments (or fail on a shape mismatch).
+        """
+        order = {id(p): i for i, p in enumerate(pl_module.parameters())}
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["params"].sort(key=lambda p: order.get(id(p), len(order)))
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a load, the hierarchy's forced/alive/live state follows the loaded mask scores."""
         hierarchy = getattr(pl_module, "hierarchy", None)
