@@ -394,7 +394,7 @@ def retrain_from_scratch(plan: dict[str, Any], folder: Path, seed: int) -> dict[
 
     metrics = retrain(folder / "search" / "arch.json", plan["dataset"], plan["retrain"], folder / "retrain",
                       seed=seed, progress=False, limit_train=plan["retrain_limit"], data_root=plan["data_root"],
-                      device="cuda" if plan["accelerator"] != "cpu" else "cpu", force=True)
+                      device="cpu" if plan["accelerator"] == "cpu" else "auto", force=True)
     return {"test_acc": metrics["test_accuracy"], "retrain_seconds": metrics["train_seconds"],
             "retrain_images": metrics["train_images"], "retrain_epochs": plan["retrain"]}
 
