@@ -38,7 +38,6 @@ from search_spaces import SPACES, ProjectSpace, build_space
 from .architecture import Architecture
 from .data import DATASETS, load_dataset, search_splits
 from .evaluation import accuracy, count_parameters
-from .lightning import NumericalFault
 from .materialize import materialize, supernet_state
 from .reliability import (
     EpochCheckpoint,
@@ -55,6 +54,7 @@ _logger = logging.getLogger(__name__)
 STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
 #: Lightning strategies a search may run under: one process, or one supernet replicated over ``devices``.
 DISTRIBUTED = ("auto", "ddp")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -115,6 +115,9 @@ class SearchConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            if value > FLOAT32_MAX:
+                raise ValueError(f"{name}={value!r} does not fit a float32 (max {FLOAT32_MAX:.3g}); "
+                                 "use a learning rate below 1")
         for name in ("warmup_epochs", "arch_epochs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
@@ -359,9 +362,12 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         if len(split) < config.batch_size:
             raise ValueError(f"the {name} half of the data has {len(split)} images, fewer than one batch "
                              f"(--batch-size {config.batch_size}); raise --subset or lower --batch-size")
-    space_args = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
-                  **config.space_args}
-    space = build_space(config.space, **space_args)
+    from_data = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes}
+    for key, value in from_data.items():
+        if key in config.space_args and config.space_args[key] != value:
+            raise ValueError(f"space_args {key}={config.space_args[key]!r} does not fit {config.dataset} "
+                             f"({key}={value}); leave {key} out of --space-args, it is taken from the data")
+    space = build_space(config.space, **{**from_data, **config.space_args})
 
     monitor = SearchMonitor(config, space, val_split, on_epoch_end)
     checkpoints = EpochCheckpoint(out / "checkpoints")
@@ -393,11 +399,11 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     started = time.perf_counter()
     try:
         experiment.run()
-    except (NumericalFault, SearchInterrupted) as e:
+    except BaseException as e:  # record why the run stopped beside the epochs it finished, then re-raise
         monitor = _find_monitor(strategy) or monitor
         if monitor.global_rank == 0:
-            status = "failed" if isinstance(e, NumericalFault) else "interrupted"
-            write_metrics(out, config, space, monitor.history, status=status, error=str(e))
+            status = "interrupted" if isinstance(e, (SearchInterrupted, KeyboardInterrupt)) else "failed"
+            write_metrics(out, config, space, monitor.history, status=status, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         experiment.stop()  # now, not at interpreter exit (when test runners have closed the log streams)

@@ -1,0 +1,287 @@
+"""Every user-facing input, given wrong: the real `hmnas` CLI exits non-zero with a message saying what is wrong,
+where, and how to fix it, before any long work, and leaves the files already in its output folder untouched.
+
+Each row runs `python -m hmnas_nni.cli ...` in a subprocess (rows run three at a time). The output folder of
+every row is filled beforehand with files named like every output the commands write; after the run their
+bytes and modification times must be unchanged and no file may have appeared.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_ARCH = ROOT / "export" / "archs" / "nb201_digits_smoke.json"
+OUTPUT_NAMES = ("arch.json", "metrics.json", "supernet.safetensors", "cells.png", "checkpoints/last.ckpt",
+                "model.safetensors", "model.onnx", "parity.json", "config.json")
+OLD = 1_000_000_000  # mtime given to the pre-created outputs (2001): any rewrite changes it
+SENTINEL = "EVALUATED"  # a file that exists only if some input was run as code
+
+
+def search(*extra: str) -> list[str]:
+    """A tiny search command line with ``extra`` options (later options win)."""
+    return ["search", "--space", "nb201", "--space-args", '{"channels": 4}', "--subset", "64", "--epochs", "2",
+            "--batch-size", "16", "--no-progress", "--out", "{out}", *extra]
+
+
+class Evil:
+    """Pickles to a call of os.system: loading it as code would create the sentinel file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.folder / SENTINEL}",))
+
+
+# ------------------------------------------------------------------------------------------ file builders
+def idx_gz(path: Path, array: np.ndarray, truncate: int | None = None) -> None:
+    """Write an IDX file (Fashion-MNIST's format), gzipped, optionally cut after ``truncate`` bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    data = gzip.compress(raw)
+    path.write_bytes(data[:truncate] if truncate else data)
+
+
+def fashion(folder: Path, size: int = 28, n: int = 20, labels: int | None = None, truncate: bool = False) -> Path:
+    """A Fashion-MNIST folder with ``n`` images of ``size``x``size`` (and ``labels`` labels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.zeros((n, size, size))
+    y = np.arange(labels if labels is not None else n) % 10
+    for split in ("train", "t10k"):
+        idx_gz(folder / f"{split}-images-idx3-ubyte.gz", x, truncate=30 if truncate and split == "train" else None)
+        idx_gz(folder / f"{split}-labels-idx1-ubyte.gz", y)
+    return folder
+
+
+def cifar(folder: Path, batch: object) -> Path:
+    """A cifar-10-batches-py folder whose batches all pickle ``batch``."""
+    inner = folder / "cifar-10-batches-py"
+    inner.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (inner / name).write_bytes(pickle.dumps(batch))
+    return folder
+
+
+def search_checkpoint(path: Path, epoch: int, **config: object) -> None:
+    """A checkpoint as `hmnas search` writes it (what --resume reads of it: epoch, state_dict, config)."""
+    from hmnas_nni.search import SearchConfig
+
+    cfg = asdict(SearchConfig(**config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch, "global_step": 2, "state_dict": {},
+                "callbacks": {"hmnas.SearchState": {"config": json.dumps(cfg, sort_keys=True)}}}, path)
+
+
+def safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``tensors`` as a safetensors file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def derived_state(arch: Path) -> dict[str, torch.Tensor]:
+    """The weights a supernet must provide for ``arch``'s derived network."""
+    from hmnas_nni.architecture import Architecture
+    from hmnas_nni.materialize import materialize
+
+    return {k: v.clone() for k, v in materialize(Architecture.load(arch)).state_dict().items()}
+
+
+def arch_with(tmp: Path, change: Callable[[dict], None]) -> Path:
+    """The shipped smoke architecture with ``change`` applied."""
+    doc = json.loads(SMOKE_ARCH.read_text())
+    change(doc)
+    path = tmp / "arch.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def wrong_shape_supernet(tmp: Path) -> Path:
+    """A search folder whose supernet weights have one tensor of the wrong shape."""
+    folder = tmp / "searched"
+    folder.mkdir()
+    shutil.copy(SMOKE_ARCH, folder / "arch.json")
+    state = derived_state(SMOKE_ARCH)
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    state[key] = torch.zeros(3, 3, 3, 3)
+    safetensors(folder / "supernet.safetensors", state)
+    return folder
+
+
+def truncated_supernet(tmp: Path) -> Path:
+    """A search folder whose supernet.safetensors was cut in half."""
+    folder = tmp / "searched"
+    folder.mkdir()
+    shutil.copy(SMOKE_ARCH, folder / "arch.json")
+    path = safetensors(folder / "supernet.safetensors", derived_state(SMOKE_ARCH))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ table
+@dataclass
+class Case:
+    """One bad input: the command (``{out}``/``{tmp}`` filled in), a setup, and the message it must print."""
+
+    id: str
+    argv: list[str]
+    message: str
+    setup: Callable[[Path, Path], None] | None = None
+    code: int = 2
+
+
+def _resume_ckpt(**config: object) -> Callable[[Path, Path], None]:
+    epoch = config.pop("epoch")
+    return lambda tmp, out: search_checkpoint(out / "checkpoints" / "last.ckpt", epoch, **config)
+
+
+CASES = [
+    # -- search options
+    Case("epochs-zero", search("--epochs", "0"), "epochs must be a positive integer, got 0"),
+    Case("subset-too-small", search("--subset", "2"), "subset must be an integer >= 4 (images), got 2"),
+    Case("batch-larger-than-data", search("--batch-size", "500"),
+         "the training half of the data has 32 images, fewer than one batch (--batch-size 500)"),
+    Case("lr-nan", search("--lr", "nan"), "learning_rate must be a finite number > 0, got nan"),
+    Case("arc-lr-overflows-float32", search("--arc-lr", "1e39"), "arc_lr=1e+39 does not fit a float32"),
+    Case("distributed-unknown", search("--distributed", "horovod"),
+         "argument --distributed: invalid choice: 'horovod'"),
+    Case("out-is-a-file", search("--out", "{tmp}/a-file"), "is a file, not a folder; pass a folder path",
+         setup=lambda tmp, out: (tmp / "a-file").write_text("keep me")),
+    # -- --space-args: JSON data only, checked against the space and the data
+    Case("space-args-not-json", search("--space-args", "{channels: 4}"),
+         "argument --space-args: not valid JSON (Expecting property name enclosed in double quotes"),
+    Case("space-args-python-code", search("--space-args", f"__import__('os').system('touch {{tmp}}/{SENTINEL}')"),
+         "argument --space-args: not valid JSON"),
+    Case("space-args-unknown-key", search("--space-args", '{"chanels": 4}'),
+         "space 'nb201' has no argument(s) ['chanels']; it takes"),
+    Case("space-args-bad-value", search("--space-args", '{"channels": -3}'),
+         "space 'nb201': argument channels=-3 must be a positive integer"),
+    Case("space-args-wrong-image-size", search("--space-args", '{"channels": 4, "input_size": 28}'),
+         "space_args input_size=28 does not fit digits (input_size=8); leave input_size out of --space-args"),
+    # -- data folders
+    Case("data-root-missing", search("--dataset", "fashion-mnist", "--data-root", "{tmp}/nowhere"),
+         "--data-root {tmp}/nowhere does not exist; pass the folder that holds the dataset files"),
+    Case("data-root-empty", search("--dataset", "fashion-mnist", "--data-root", "{tmp}/fm"),
+         "Fashion-MNIST not found; looked for train-images-idx3-ubyte.gz",
+         setup=lambda tmp, out: (tmp / "fm").mkdir()),
+    Case("data-truncated-gzip", search("--dataset", "fashion-mnist", "--data-root", "{tmp}/fm"),
+         "train-images-idx3-ubyte.gz is not a readable gzip file",
+         setup=lambda tmp, out: fashion(tmp / "fm", truncate=True)),
+    Case("data-wrong-image-size", search("--dataset", "fashion-mnist", "--data-root", "{tmp}/fm"),
+         "images are 10x10, Fashion-MNIST images are 28x28", setup=lambda tmp, out: fashion(tmp / "fm", size=10)),
+    Case("data-cifar-pickle-runs-code", search("--dataset", "cifar10", "--data-root", "{tmp}/c10"),
+         "CIFAR-10 batch refers to posix.system; refusing to load anything but arrays",
+         setup=lambda tmp, out: cifar(tmp / "c10", Evil(tmp))),
+    Case("data-cifar-wrong-image-size", search("--dataset", "cifar10", "--data-root", "{tmp}/c10"),
+         "CIFAR-10 images are 3x32x32 = 3072 values",
+         setup=lambda tmp, out: cifar(tmp / "c10", {"data": np.zeros((4, 768), np.uint8), "labels": [0, 1, 2, 3]})),
+    # -- --resume
+    Case("resume-no-checkpoint", ["search", "--resume", "{out}", "--epochs", "3"], "no checkpoint at {out}/checkpoints/"
+         "last.ckpt", setup=lambda tmp, out: (out / "checkpoints" / "last.ckpt").unlink()),
+    Case("resume-truncated-checkpoint", ["search", "--resume", "{out}"], "cannot read checkpoint {out}/checkpoints/"
+         "last.ckpt"),  # the pre-created last.ckpt is random bytes
+    Case("resume-checkpoint-runs-code", ["search", "--resume", "{out}"], "cannot read checkpoint",
+         setup=lambda tmp, out: torch.save(Evil(tmp), out / "checkpoints" / "last.ckpt")),
+    Case("resume-other-search", ["search", "--resume", "{out}", "--space", "nb201"],
+         "that search ran with space='darts' (now 'nb201'); pass the same options as the original run",
+         setup=_resume_ckpt(epoch=0, space="darts", epochs=4)),
+    Case("resume-finished", ["search", "--resume", "{out}"],
+         "the search already finished its 2 epoch(s); pass --epochs N with N > 2",
+         setup=_resume_ckpt(epoch=1, epochs=2)),
+    # -- architecture JSON
+    Case("arch-not-json", ["show", "{tmp}/arch.json"], "arch.json",
+         setup=lambda tmp, out: (tmp / "arch.json").write_text("{ops: [")),
+    Case("arch-unknown-op", ["show", "{tmp}/arch.json"], "conv_9x9",
+         setup=lambda tmp, out: arch_with(tmp, lambda d: d["ops"]["cell/0_1"][1].update(op="conv_9x9"))),
+    # -- weights files
+    Case("weights-truncated", ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out", "{out}",
+                               "--force"], "is not a readable safetensors file",
+         setup=lambda tmp, out: (tmp / "w.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\":")),
+    Case("weights-pickle-not-safetensors", ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.pt", "--out", "{out}",
+                                            "--force"], "is not a readable safetensors file",
+         setup=lambda tmp, out: torch.save(Evil(tmp), tmp / "w.pt")),
+    Case("weights-other-architecture", ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out",
+                                        "{out}", "--force"], "belong to another architecture",
+         setup=lambda tmp, out: safetensors(tmp / "w.safetensors", {"stem.0.weight": torch.zeros(2, 2)})),
+    Case("supernet-truncated", ["retrain", str(SMOKE_ARCH), "--dataset", "digits", "--epochs", "0", "--out", "{out}",
+                                "--from-supernet", "{tmp}/searched", "--force"], "cannot read supernet weights",
+         setup=lambda tmp, out: truncated_supernet(tmp)),
+    Case("supernet-wrong-shapes", ["retrain", str(SMOKE_ARCH), "--dataset", "digits", "--epochs", "0", "--out",
+                                   "{out}", "--from-supernet", "{tmp}/searched", "--force"],
+         "does not fit the architecture", setup=lambda tmp, out: wrong_shape_supernet(tmp)),
+    # -- NNI trial parameters (the search-space JSON fields a trial reads)
+    Case("trial-param-wrong-type", ["trial", "--params", '{"tau": "small"}', "--out", "{out}"],
+         "parameter tau='small' must be a float"),
+]
+
+
+def _fill(argv: list[str], tmp: Path, out: Path) -> list[str]:
+    return [a.replace("{tmp}", str(tmp)).replace("{out}", str(out)) for a in argv]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _run(case: Case, root: Path) -> dict:
+    tmp = root / case.id
+    out = tmp / "out"
+    rng = np.random.default_rng(len(case.id))
+    for name in OUTPUT_NAMES:
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.bytes(64))
+        os.utime(path, ns=(OLD * 10**9, OLD * 10**9))
+    if case.setup is not None:
+        case.setup(tmp, out)
+    before = _snapshot(out)
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+    env.pop("NNI_PLATFORM", None)
+    done = subprocess.run([sys.executable, "-m", "hmnas_nni.cli", *_fill(case.argv, tmp, out)], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return {"tmp": tmp, "out": out, "code": done.returncode, "stderr": done.stderr, "stdout": done.stdout,
+            "before": before, "after": _snapshot(out)}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every case run once, three subprocesses at a time."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip([c.id for c in CASES], pool.map(lambda c: _run(c, root), CASES)))
+
+
+def test_table_has_at_least_25_bad_inputs() -> None:
+    assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_clearly_and_touches_nothing(case: Case, results: dict[str, dict]) -> None:
+    r = results[case.id]
+    message = case.message.replace("{tmp}", str(r["tmp"])).replace("{out}", str(r["out"]))
+    assert r["code"] == case.code, f"exit {r['code']}\n{r['stderr'][-3000:]}"
+    assert message in r["stderr"], f"expected {message!r} in:\n{r['stderr'][-3000:]}"
+    assert "Traceback" not in r["stderr"], r["stderr"][-3000:]
+    assert r["after"].keys() == r["before"].keys(), "files appeared in or vanished from the output folder"
+    for name, (data, mtime) in r["before"].items():
+        assert r["after"][name] == (data, mtime), f"{name} was rewritten"
+    assert not (r["tmp"] / SENTINEL).exists(), "an input was run as code"
