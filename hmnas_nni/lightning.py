@@ -53,10 +53,13 @@ class HMNASLightningModule(DartsLightningModule):
         arch = self.arch_parameters()
         if not arch:
             raise ValueError("No architecture parameters found: the space has no LayerChoice or InputChoice to search.")
+        # alpha/beta as NNI's DARTS trains them; mask scores with a longer momentum, so that only a consistent
+        # straight-through signal (not batch noise) moves a score across the threshold.
         return torch.optim.Adam([
-            {"params": arch, "lr": self.arc_learning_rate, "weight_decay": 1e-3},
-            {"params": self.mask_parameters(), "lr": self.mask_learning_rate, "weight_decay": 0.0},
-        ], betas=(0.5, 0.999))
+            {"params": arch, "lr": self.arc_learning_rate, "weight_decay": 1e-3, "betas": (0.5, 0.999)},
+            {"params": self.mask_parameters(), "lr": self.mask_learning_rate, "weight_decay": 0.0,
+             "betas": (0.9, 0.999)},
+        ])
 
     # -- phases
     def phase(self, epoch: int | None = None) -> str:

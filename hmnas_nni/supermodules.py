@@ -22,12 +22,16 @@ from .masks import MaskScores
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, live: list[int]) -> torch.Tensor:
-    """Softmax of ``logits`` over the ``live`` entries, scaled by their (straight-through) masks."""
+    """Softmax of ``logits`` over the ``live`` entries, times their (straight-through) binary masks.
+
+    The mask multiplies the numerator only: its value is 1 on live entries, and its gradient is the
+    entry's own contribution ``a_k * <dL/dout, op_k(x)>``. Inside the normaliser it would instead
+    measure each entry against the mixture's average, which always condemns some entry of every
+    choice and drifts every edge to a single op (a top-1 rule by another name).
+    """
     idx = torch.tensor(live, device=logits.device)
-    m = mask.index_select(0, idx)
     z = logits.index_select(0, idx)
-    e = m * torch.exp(z - z.detach().max())
-    return e / e.sum()
+    return mask.index_select(0, idx) * torch.softmax(z, dim=0)
 
 
 class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):

@@ -54,11 +54,12 @@ def test_masked_op_is_not_executed_and_adds_nothing():
     assert torch.allclose(y, x * 50.5)  # renormalised over the live ops: (1 + 100) / 2
 
 
-def test_mask_scores_get_gradients_from_the_loss():
-    layer, _ = _layer([1.0, 3.0])
-    layer(torch.ones(4, 2)).sum().backward()
-    grad = layer.op_masks.scores.grad
-    assert grad is not None and grad[0] < 0 < grad[1] or grad[1] < 0 < grad[0]
+def test_mask_gradient_is_each_ops_own_contribution():
+    layer, _ = _layer([1.0, -3.0])
+    x = torch.ones(4, 2)
+    layer(x).sum().backward()
+    # d(sum of outputs)/dm_k = a_k * sum(op_k(x)) with a = softmax(0, 0) = 1/2
+    assert torch.allclose(layer.op_masks.scores.grad, torch.tensor([0.5 * 8.0, 0.5 * -24.0]))
 
 
 def test_removed_edge_outputs_zeros_of_the_right_shape_without_running_ops():
