@@ -3,7 +3,8 @@
 Schedule (epochs): ``warmup_epochs`` of supernet weights only, then ``arch_epochs`` alternating
 weight steps (train split) with ``alpha``/``beta`` steps (validation split), then the masking
 phase, where the architecture step also trains the mask scores under a sparsity term and the
-hierarchy rules are re-applied after every step.
+hierarchy rules are re-applied after every step. The last ``settle_epochs`` keep the masks fixed
+so that BatchNorm statistics settle on the architecture that will be exported.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class NumericalFault(RuntimeError):
 class HMNASLightningModule(DartsLightningModule):
     def __init__(self, training_module: pl.LightningModule, hierarchy: Hierarchy, *,
                  arc_learning_rate: float = 3e-4, mask_learning_rate: float = 1e-3,
-                 warmup_epochs: int = 1, arch_epochs: int = 1, sparsity: float = 1e-3,
+                 warmup_epochs: int = 1, arch_epochs: int = 1, sparsity: float = 1e-3, settle_epochs: int = 1,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10) -> None:
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs)
@@ -35,6 +36,7 @@ class HMNASLightningModule(DartsLightningModule):
         self.mask_learning_rate = mask_learning_rate
         self.arch_epochs = arch_epochs
         self.sparsity = sparsity
+        self.settle_epochs = settle_epochs
 
     # -- parameters and optimizers
     def mask_parameters(self) -> list[nn.Parameter]:
@@ -74,12 +76,20 @@ class HMNASLightningModule(DartsLightningModule):
         self.hierarchy.apply()
         return super().on_fit_start()
 
+    def masks_training(self) -> bool:
+        """Masks learn during the masking phase, except in its last ``settle_epochs`` (if it has more epochs)."""
+        epoch, last = self.trainer.current_epoch, self.trainer.max_epochs
+        masking_start = self.warmup_epochs + self.arch_epochs
+        settle_from = max(masking_start + 1, last - self.settle_epochs) if last is not None else None
+        return self.phase() == "masking" and (settle_from is None or epoch < settle_from)
+
     def on_train_epoch_start(self):
         phase = self.phase()
         for p in self.arch_parameters():
             p.requires_grad_(phase != "warmup")
+        masks_on = self.masks_training()
         for p in self.mask_parameters():
-            p.requires_grad_(phase == "masking")
+            p.requires_grad_(masks_on)
         return self.training_module.on_train_epoch_start()
 
     def sparsity_loss(self) -> torch.Tensor:
@@ -94,13 +104,14 @@ class HMNASLightningModule(DartsLightningModule):
         if phase != "warmup":
             arc_optim.zero_grad()
             loss = self._loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
-            if phase == "masking":
+            masking = self.masks_training()
+            if masking:
                 loss = loss + self.sparsity_loss()
             self._check_finite(loss, batch_idx, phase, "architecture loss")
             self.manual_backward(loss)
             arc_optim.step()
             self._check_arch_finite(batch_idx, phase)
-            if phase == "masking":
+            if masking:
                 self.hierarchy.apply()
 
         result = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)

@@ -80,8 +80,9 @@ class SearchConfig:
     arch_epochs: int | None = None
     tau: float = 5e-3
     mask_init: float = 1e-2
-    mask_lr: float = 1e-3
+    mask_lr: float = 5e-4
     sparsity: float = 1e-2
+    settle_epochs: int = 1
     # where to run
     accelerator: str = "auto"
     devices: int = 1
@@ -165,7 +166,8 @@ def make_strategy(config: SearchConfig):
     warmup, arch = config.schedule()
     if config.strategy == "hmnas":
         return HMNAS(arc_learning_rate=config.arc_lr, mask_learning_rate=config.mask_lr, warmup_epochs=warmup,
-                     arch_epochs=arch, tau=config.tau, mask_init=config.mask_init, sparsity=config.sparsity)
+                     arch_epochs=arch, tau=config.tau, mask_init=config.mask_init, sparsity=config.sparsity,
+                     settle_epochs=config.settle_epochs)
     if config.strategy == "darts":
         return DARTS(arc_learning_rate=config.arc_lr, warmup_epochs=warmup)
     if config.strategy == "gumbel-darts":

@@ -42,16 +42,19 @@ class HMNAS(DARTS):
         Mask threshold (``m = 1[s >= tau]``) and the initial score (above ``tau``: everything starts on).
     sparsity
         Weight ``lambda`` of the sparsity term ``lambda * mean |s|``.
+    settle_epochs
+        Last epochs of the masking phase with the masks fixed (weights and ``alpha``/``beta`` still train), so
+        BatchNorm statistics settle on the architecture that is exported.
     edge_level
         Where edges live: ``"input"`` (each ``InputChoice`` candidate is an edge), ``"layer"`` (each
         ``LayerChoice`` is an edge with its own gate, for cells that sum their edges), ``"none"`` (chains),
         or ``"auto"``: the space's ``hmnas_edge_level`` attribute, else ``"input"`` when it has input choices.
     """
 
-    def __init__(self, *, arc_learning_rate: float = 3e-3, mask_learning_rate: float = 1e-3,
+    def __init__(self, *, arc_learning_rate: float = 3e-3, mask_learning_rate: float = 5e-4,
                  warmup_epochs: int = 1, arch_epochs: int = 1, tau: float = 5e-3, mask_init: float = 1e-2,
-                 sparsity: float = 1e-2, edge_level: str = "auto", gradient_clip_val: float | None = None,
-                 log_prob_every_n_step: int = 10, **kwargs: Any) -> None:
+                 sparsity: float = 1e-2, settle_epochs: int = 1, edge_level: str = "auto",
+                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, **kwargs: Any) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
         if tau <= 0:
@@ -62,7 +65,8 @@ class HMNAS(DARTS):
             raise ValueError(f"sparsity weight must be >= 0, got {sparsity}")
         if edge_level not in EDGE_LEVELS:
             raise ValueError(f"edge_level must be one of {EDGE_LEVELS}, got {edge_level!r}")
-        for name, value in (("warmup_epochs", warmup_epochs), ("arch_epochs", arch_epochs)):
+        for name, value in (("warmup_epochs", warmup_epochs), ("arch_epochs", arch_epochs),
+                            ("settle_epochs", settle_epochs)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.mask_learning_rate = mask_learning_rate
@@ -70,6 +74,7 @@ class HMNAS(DARTS):
         self.tau = tau
         self.mask_init = mask_init
         self.sparsity = sparsity
+        self.settle_epochs = settle_epochs
         self.edge_level = edge_level
         self.hierarchy: Hierarchy | None = None
         self._masks: dict[str, Any] = {}
@@ -126,7 +131,8 @@ class HMNAS(DARTS):
         return HMNASLightningModule(
             training_module, self.hierarchy, arc_learning_rate=self.arc_learning_rate,
             mask_learning_rate=self.mask_learning_rate, warmup_epochs=self.warmup_epochs,
-            arch_epochs=self.arch_epochs, sparsity=self.sparsity, gradient_clip_val=self.gradient_clip_val,
+            arch_epochs=self.arch_epochs, sparsity=self.sparsity, settle_epochs=self.settle_epochs,
+            gradient_clip_val=self.gradient_clip_val,
             log_prob_every_n_step=self.log_prob_every_n_step,
         )
 
