@@ -12,6 +12,7 @@ scripts all call. It writes, in ``config.out``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -256,6 +257,7 @@ class SearchMonitor(pl.Callback):
         self.global_rank = 0
         self.world_size = 1
         self.ranks: list[dict[str, Any]] = []
+        self._data_hash = hashlib.sha256()
 
     @property
     def state_key(self) -> str:
@@ -274,6 +276,15 @@ class SearchMonitor(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.memory.start()
         self._t0 = time.perf_counter()
+        self._data_hash = hashlib.sha256()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Under DDP, hash the labels each rank trained on: ranks see different data yet must agree on the arch."""
+        if self.world_size > 1:
+            for t in _tensors(batch):
+                if not t.is_floating_point():
+                    self._data_hash.update(t.detach().cpu().contiguous().numpy().tobytes())
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = time.perf_counter() - self._t0
@@ -291,7 +302,8 @@ class SearchMonitor(pl.Callback):
         out = Path(self.config.out)
         if self.world_size > 1:
             self.ranks.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                               **arch_digest(pl_module), "arch": self.last_arch.to_dict()})
+                               "data_sha256": self._data_hash.hexdigest(), **arch_digest(pl_module),
+                               "arch": self.last_arch.to_dict()})
             (out / "ranks").mkdir(exist_ok=True)
             atomic_write_json(out / "ranks" / f"rank{self.global_rank}.json",
                               {"rank": self.global_rank, "world_size": self.world_size, "epochs": self.ranks})
@@ -322,6 +334,17 @@ class SearchMonitor(pl.Callback):
             "sparsity": 1.0 - arch.ops_kept() / max(1, total_ops),  # fraction of candidate ops removed
             "params": count_parameters(derived),
         }
+
+
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    """Every tensor inside a (nested dict/list/tuple) batch, in a fixed order."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, dict):
+        return [t for k in sorted(batch) for t in _tensors(batch[k])]
+    if isinstance(batch, (list, tuple)):
+        return [t for b in batch for t in _tensors(b)]
+    return []
 
 
 def write_metrics(out: Path, config: SearchConfig, space: ProjectSpace, history: list[dict[str, Any]],

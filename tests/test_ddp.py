@@ -36,6 +36,7 @@ def test_two_cpu_ranks_keep_identical_architecture_and_masks(tmp_path: Path) -> 
         assert a["arch_sha256"] == b["arch_sha256"], f"epoch {a['epoch']}: architecture parameters differ"
         assert a["live"] == b["live"], f"epoch {a['epoch']}: mask live lists differ"
         assert a["arch"] == b["arch"], f"epoch {a['epoch']}: derived architectures differ"
+        assert a["data_sha256"] != b["data_sha256"], f"epoch {a['epoch']}: both ranks trained on the same batches"
     # the architecture really trained (warm-up leaves it alone, the architecture and masking phases move it)
     assert epochs0[0]["arch_sha256"] != epochs0[1]["arch_sha256"] != epochs0[2]["arch_sha256"]
     assert epochs0[0]["arch_tensors"] > 0 and epochs0[0]["live"]
