@@ -207,9 +207,10 @@ CASES = [
          "the search already finished its 2 epoch(s); pass --epochs N with N > 2",
          setup=_resume_ckpt(epoch=1, epochs=2)),
     # -- architecture JSON
-    Case("arch-not-json", ["show", "{tmp}/arch.json"], "arch.json",
+    Case("arch-not-json", ["show", "{tmp}/arch.json"], "{tmp}/arch.json: not valid JSON (Expecting property name",
          setup=lambda tmp, out: (tmp / "arch.json").write_text("{ops: [")),
-    Case("arch-unknown-op", ["show", "{tmp}/arch.json"], "conv_9x9",
+    Case("arch-unknown-op", ["show", "{tmp}/arch.json"],
+         "choice 'cell/0_1' names unknown op 'conv_9x9'; candidates are ['none', 'skip_connect',",
          setup=lambda tmp, out: arch_with(tmp, lambda d: d["ops"]["cell/0_1"][1].update(op="conv_9x9"))),
     # -- weights files
     Case("weights-truncated", ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out", "{out}",
