@@ -7,7 +7,11 @@ scripts all call. It writes, in ``config.out``:
 - ``metrics.json``: per-epoch and final metrics (rewritten after every epoch);
 - ``supernet.safetensors``: the supernet's weights, from which the derived network inherits;
 - ``cells.png``: a drawing of the derived cells;
-- ``checkpoints/last.ckpt``: Lightning's checkpoint of the whole search state.
+- ``checkpoints/last.ckpt``: Lightning's checkpoint of the whole search state, after every epoch
+  (``--resume`` continues from it; ``interrupted.ckpt`` is written on SIGTERM/SIGINT);
+- ``ranks/rank{r}.json`` (DDP only): per-epoch hashes of each rank's architecture state.
+
+See ``docs/reliability.md`` for faults, resume, DDP and remote trials.
 """
 
 from __future__ import annotations
