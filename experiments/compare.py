@@ -42,14 +42,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 ALL_STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
 
-# Where the packages NNI 3.0's ENAS imports (tianshou, gym) are missing, its row says so with this reason.
-ENAS_PINS = ("tianshou==0.4.11 gym==0.26.2 gym-notices==0.1.0 h5py==3.16.0 numba==0.68.1 llvmlite==0.50.0 "
-             "tensorboard==2.21.0 tensorboard-data-server==0.7.2 absl-py==2.5.1 markdown==3.11.3 "
-             "werkzeug==3.1.9 grpcio==1.85.1")
-ENAS_MISSING = ("NNI's ENAS could not run: its controller needs tianshou and gym, which are not installed "
-                f"({{error}}); install them with `pip install --no-deps {ENAS_PINS}` "
-                "(--no-deps: tianshou 0.4.11 would otherwise downgrade protobuf to 3.19, which onnx cannot use)")
-
 # Fields every completed row carries as finite numbers.
 NUMERIC_FIELDS = (
     "epoch_seconds", "peak_memory_mb", "peak_memory_over_start_mb", "search_seconds",
@@ -241,41 +233,11 @@ class EnasUnavailable(RuntimeError):
 
 def enas_ready() -> None:
     """Raise :class:`EnasUnavailable` unless NNI's ENAS controller (tianshou + gym) imports."""
-    try:
-        import nni.nas.strategy._rl_impl  # noqa: F401  (imports gym and tianshou, as ENAS does)
-    except ImportError as e:
-        raise EnasUnavailable(ENAS_MISSING.format(error=f"{type(e).__name__}: {e}")) from None
+    from hmnas_nni.nni_enas import enas_missing
 
-
-class _Tagged:
-    """A data loader whose batches come as ``(batch, name)``: the form NNI's ENAS module unpacks."""
-
-    def __init__(self, loader: Any, name: str) -> None:
-        self.loader, self.name = loader, name
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return ((batch, self.name) for batch in self.loader)
-
-
-def adapt_enas_batches() -> None:
-    """Make NNI 3.0's ENAS tell weight batches from controller batches under pytorch-lightning 2.6.
-
-    NNI's ``EnasLightningModule.training_step`` expects ``(batch, 'train'|'val')`` or
-    ``(batch, batch_idx, dataloader_idx)``; Lightning 2.6 hands it the bare ``(x, y)`` batch, so ENAS
-    reads the labels as the mode, never trains the weights and never samples a path. Tagging the two
-    loaders of NNI's own ``ConcatLoader`` restores the ``(batch, mode)`` form it handles.
-    """
-    from nni.nas.oneshot.pytorch import strategy as nni_strategy
-    from nni.nas.oneshot.pytorch._dataloader import ConcatLoader
-
-    def train_dataloader(self, train_dataloader_fn, val_dataloader_fn):  # noqa: ARG001 - NNI's signature
-        return ConcatLoader({"train": _Tagged(train_dataloader_fn(), "train"),
-                             "val": _Tagged(val_dataloader_fn(), "val")})
-
-    nni_strategy.ENAS.train_dataloader = train_dataloader
+    missing = enas_missing()
+    if missing:
+        raise EnasUnavailable(missing)
 
 
 def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dict[str, Any]:
@@ -293,8 +255,7 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
     notes: list[str] = []
     if strategy == "enas":
         enas_ready()
-        adapt_enas_batches()
-        notes.append("ENAS ran with NNI's ConcatLoader batches tagged (batch, mode); see adapt_enas_batches")
+        notes.append("ENAS ran as hmnas_nni.nni_enas.LightningENAS (NNI's ENAS with tagged batches)")
 
     captured: dict[str, Any] = {}
     make_strategy = search.make_strategy

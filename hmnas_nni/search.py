@@ -164,7 +164,7 @@ def seed_everything(seed: int) -> None:
 
 def make_strategy(config: SearchConfig):
     """The NNI strategy object named by ``config.strategy``, with the config's shared knobs."""
-    from nni.nas.oneshot.pytorch.strategy import DARTS, ENAS, GumbelDARTS, Proxyless, RandomOneShot
+    from nni.nas.oneshot.pytorch.strategy import DARTS, GumbelDARTS, Proxyless, RandomOneShot
 
     from .strategy import HMNAS
 
@@ -180,11 +180,12 @@ def make_strategy(config: SearchConfig):
     if config.strategy == "proxyless":
         return Proxyless(arc_learning_rate=config.arc_lr, warmup_epochs=warmup)
     if config.strategy == "enas":
-        try:
-            import tianshou  # noqa: F401  (NNI's ENAS controller is a tianshou policy)
-        except ImportError:
-            raise ValueError("NNI's ENAS needs the reinforcement-learning extra: pip install tianshou gym") from None
-        return ENAS(warmup_epochs=warmup, reward_metric_name="val_acc")
+        from .nni_enas import LightningENAS, enas_missing
+
+        missing = enas_missing()
+        if missing:
+            raise ValueError(missing)
+        return LightningENAS(warmup_epochs=warmup, reward_metric_name="val_acc")
     return RandomOneShot()  # NNI's RandomOneShot has no warm-up
 
 

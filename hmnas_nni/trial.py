@@ -306,8 +306,17 @@ def run_trial(args: argparse.Namespace) -> int:
         print(_describe(metrics), flush=True)
         report("intermediate", nni_metric(metrics))
 
+    from hmnas_nni.lightning import NumericalFault
+    from hmnas_nni.reliability import SearchInterrupted
+
     try:
         final = run_search(config, on_epoch_end=on_epoch_end)
+    except NumericalFault as exc:  # checkpoints and metrics so far stay on disk
+        _fail(f"numerical fault: {exc}")
+        return 3
+    except SearchInterrupted as exc:
+        print(f"error: {exc}; resume with --resume {config.out}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     except (ValueError, FileNotFoundError) as exc:  # bad space_args, missing dataset files, ...
         if os.environ.get("HMNAS_TRACEBACK"):
             raise
