@@ -123,7 +123,7 @@ def _read_idx(path: Path, expect_dims: int) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * expect_dims)
     if data.size != int(np.prod(dims)):
         raise DatasetError(f"{path} is truncated: header says {dims}, found {data.size} values")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # writable: torch warns on read-only buffers
 
 
 def _fashion_mnist(root) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
