@@ -25,7 +25,8 @@ def enas_missing() -> str | None:
     try:
         import nni.nas.strategy._rl_impl  # noqa: F401  (imports gym and tianshou, as ENAS does)
     except ImportError as e:
-        return f"NNI's ENAS needs tianshou and gym ({type(e).__name__}: {e}); install them with: {ENAS_INSTALL}"
+        return (f"NNI's ENAS could not run: its controller needs tianshou and gym ({type(e).__name__}: {e}); "
+                f"install them with: {ENAS_INSTALL}")
     return None
 
 

@@ -189,6 +189,12 @@ class GracefulStop(pl.Callback):
             raise SearchInterrupted(self.requested, f"stopped by {name} at epoch {trainer.current_epoch}, "
                                                     f"step {batch_idx}")
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning's own SIGTERM handling may end the loop before another step ends: still report the stop."""
+        if self.requested is not None:
+            name = signal.Signals(self.requested).name
+            raise SearchInterrupted(self.requested, f"stopped by {name} at epoch {trainer.current_epoch}")
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SearchInterrupted) and trainer.world_size == 1:
             path = self.checkpoint_dir / "interrupted.ckpt"

@@ -243,7 +243,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _run(case: Case, root: Path) -> dict:
+def _prepare(case: Case, root: Path) -> tuple[Path, Path]:
+    """Pre-create the outputs a run must not touch, and the case's own files (main thread: NNI's label
+    scopes are process-global, so model spaces must not be built from worker threads)."""
     tmp = root / case.id
     out = tmp / "out"
     rng = np.random.default_rng(len(case.id))
@@ -254,11 +256,15 @@ def _run(case: Case, root: Path) -> dict:
         os.utime(path, ns=(OLD * 10**9, OLD * 10**9))
     if case.setup is not None:
         case.setup(tmp, out)
+    return tmp, out
+
+
+def _run(case: Case, tmp: Path, out: Path) -> dict:
     before = _snapshot(out)
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
     env.pop("NNI_PLATFORM", None)
     done = subprocess.run([sys.executable, "-m", "hmnas_nni.cli", *_fill(case.argv, tmp, out)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     return {"tmp": tmp, "out": out, "code": done.returncode, "stderr": done.stderr, "stdout": done.stdout,
             "before": before, "after": _snapshot(out)}
 
@@ -267,8 +273,10 @@ def _run(case: Case, root: Path) -> dict:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Every case run once, three subprocesses at a time."""
     root = tmp_path_factory.mktemp("bad-inputs")
+    prepared = [_prepare(c, root) for c in CASES]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip([c.id for c in CASES], pool.map(lambda c: _run(c, root), CASES)))
+        runs = pool.map(lambda args: _run(*args), [(c, *p) for c, p in zip(CASES, prepared)])
+        return dict(zip([c.id for c in CASES], runs))
 
 
 def test_table_has_at_least_25_bad_inputs() -> None:
