@@ -52,6 +52,7 @@ def search(config: SearchConfig, strategy: Any, name: str) -> dict[str, Any]:
     experiment.config.experiment_working_directory = str((Path(config.out) / "nni").resolve())
     experiment.run()
     sample = experiment.export_top_models(formatter="dict")[0]
+    experiment.stop()  # now, rather than at interpreter exit
     return {"nni_export": sample, "architecture": to_architecture(sample, space, name).to_dict()}
 
 

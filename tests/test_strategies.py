@@ -57,6 +57,7 @@ def test_hmnas_searches_nni_hub_nasbench201(tmp_path):
     experiment.config.experiment_working_directory = str(tmp_path)
     experiment.run()
     arch = experiment.export_top_models(formatter="dict")[0]
+    experiment.stop()
     assert set(arch) == {f"cell/{i}_{j}" for j in range(1, 4) for i in range(j)}
     for entries in arch.values():
         assert all(set(e) == {"op", "weight"} and 0 < e["weight"] <= 1 for e in entries)
