@@ -20,18 +20,14 @@ from nni.nas.experiment import NasExperiment
 from nni.nas.strategy import DARTS
 
 from hmnas_nni import HMNAS
-from hmnas_nni.data import load_dataset, search_splits
-from hmnas_nni.search import SearchConfig, seed_everything, to_architecture
-from search_spaces import ProjectSpace, build_space
+from hmnas_nni.search import SearchConfig, search_inputs, seed_everything, to_architecture
+from search_spaces import ProjectSpace
 
 
 def space_and_evaluator(config: SearchConfig) -> tuple[ProjectSpace, Classification]:
-    """The model space and Lightning evaluator ``run_search`` builds for ``config`` (same data splits)."""
+    """The model space and data halves ``run_search`` uses for ``config``, under a plain Lightning evaluator."""
     seed_everything(config.seed)
-    train, _test, info = load_dataset(config.dataset, config.data_root)
-    train_split, val_split = search_splits(train, config.subset, config.seed)
-    space = build_space(config.space, in_channels=info.in_channels, input_size=info.input_size,
-                        num_classes=info.num_classes, **config.space_args)
+    space, train_split, val_split, info = search_inputs(config)
     generator = torch.Generator().manual_seed(config.seed)
     evaluator = Classification(
         train_dataloaders=DataLoader(train_split, batch_size=config.batch_size, shuffle=True, drop_last=True,

@@ -37,11 +37,12 @@ import torch
 import torch.nn as nn
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
+from torch.utils.data import TensorDataset
 
 from search_spaces import SPACES, ProjectSpace, build_space
 
 from .architecture import Architecture
-from .data import DATASETS, load_dataset, search_splits
+from .data import DATASETS, DatasetInfo, load_dataset, search_splits
 from .evaluation import accuracy, count_parameters
 from .materialize import materialize, supernet_state
 from .reliability import (
@@ -369,6 +370,23 @@ def _is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
+def search_inputs(config: SearchConfig) -> tuple[ProjectSpace, TensorDataset, TensorDataset, DatasetInfo]:
+    """The space and the two data halves a search of ``config`` uses (space size taken from the data)."""
+    train, _test, info = load_dataset(config.dataset, config.data_root)
+    train_split, val_split = search_splits(train, config.subset, config.seed)
+    for name, split in (("training", train_split), ("validation", val_split)):
+        if len(split) < config.batch_size:
+            raise ValueError(f"the {name} half of the data has {len(split)} images, fewer than one batch "
+                             f"(--batch-size {config.batch_size}); raise --subset or lower --batch-size")
+    from_data = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes}
+    for key, value in from_data.items():
+        if key in config.space_args and config.space_args[key] != value:
+            raise ValueError(f"space_args {key}={config.space_args[key]!r} does not fit {config.dataset} "
+                             f"({key}={value}); leave {key} out of --space-args, it is taken from the data")
+    space = build_space(config.space, **{**from_data, **config.space_args})
+    return space, train_split, val_split, info
+
+
 def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run one search as configured; return the final metrics (also written to ``out/metrics.json``).
 
@@ -385,19 +403,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         _logger.info("resuming from %s after %d finished epoch(s)", resume_from, done)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-
-    train, _test, info = load_dataset(config.dataset, config.data_root)
-    train_split, val_split = search_splits(train, config.subset, config.seed)
-    for name, split in (("training", train_split), ("validation", val_split)):
-        if len(split) < config.batch_size:
-            raise ValueError(f"the {name} half of the data has {len(split)} images, fewer than one batch "
-                             f"(--batch-size {config.batch_size}); raise --subset or lower --batch-size")
-    from_data = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes}
-    for key, value in from_data.items():
-        if key in config.space_args and config.space_args[key] != value:
-            raise ValueError(f"space_args {key}={config.space_args[key]!r} does not fit {config.dataset} "
-                             f"({key}={value}); leave {key} out of --space-args, it is taken from the data")
-    space = build_space(config.space, **{**from_data, **config.space_args})
+    space, train_split, val_split, info = search_inputs(config)
 
     monitor = SearchMonitor(config, space, val_split, on_epoch_end)
     checkpoints = EpochCheckpoint(out / "checkpoints")
