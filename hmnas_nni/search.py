@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -56,6 +56,7 @@ from .reliability import (
 )
 
 _logger = logging.getLogger(__name__)
+CallbackT = TypeVar("CallbackT", bound=pl.Callback)
 
 STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
 #: Lightning strategies a search may run under: one process, or one supernet replicated over ``devices``.
@@ -436,16 +437,20 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     try:
         experiment.run()
     except BaseException as e:  # record why the run stopped beside the epochs it finished, then re-raise
-        monitor = _find_monitor(strategy) or monitor
+        stop = (_find_callback(strategy, GracefulStop) or stopper).interruption(e)
+        monitor = _find_callback(strategy, SearchMonitor) or monitor
         if monitor.global_rank == 0:
-            status = "interrupted" if isinstance(e, (SearchInterrupted, KeyboardInterrupt)) else "failed"
-            write_metrics(out, config, space, monitor.history, status=status, error=f"{type(e).__name__}: {e}")
-        raise
+            status = "interrupted" if isinstance(stop, (SearchInterrupted, KeyboardInterrupt)) else "failed"
+            write_metrics(out, config, space, monitor.history, status=status,
+                          error=f"{type(stop).__name__}: {stop}")
+        if stop is e:
+            raise
+        raise stop from e
     finally:
         experiment.stop()  # now, not at interpreter exit (when test runners have closed the log streams)
     search_seconds = time.perf_counter() - started
 
-    monitor = _find_monitor(strategy) or monitor
+    monitor = _find_callback(strategy, SearchMonitor) or monitor
     if not monitor.history or monitor.last_arch is None:
         raise RuntimeError("the search finished without completing an epoch; see the log above")
     arch = monitor.last_arch
@@ -468,11 +473,11 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     return final
 
 
-def _find_monitor(strategy) -> SearchMonitor | None:
-    """The monitor instance the trainer actually ran (NNI may have copied the evaluator)."""
+def _find_callback(strategy, kind: type[CallbackT]) -> CallbackT | None:
+    """The ``kind`` callback instance the trainer actually ran (NNI may have copied the evaluator)."""
     trainer = getattr(strategy.oneshot_module, "_trainer", None) or getattr(strategy.oneshot_module, "trainer", None)
     for cb in getattr(trainer, "callbacks", []):
-        if isinstance(cb, SearchMonitor):
+        if isinstance(cb, kind):
             return cb
     return None
 
