@@ -97,12 +97,13 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
             return x.new_zeros(self._output_shape(x))
         live = self.op_masks.live
         w = masked_softmax(self._arch_alpha, self.op_masks(), live)
+        if self._edge_gate is not None and self.edge_masks is not None:
+            # the edge gate scales the op weights, not the edge's output: no extra activation kept for backward
+            w = w * (torch.sigmoid(self._edge_gate[0]) * self.edge_masks()[0])
         out = None
         for k, i in enumerate(live):
             y = self[self.names[i]](x) * w[k]
             out = y if out is None else out + y
-        if self._edge_gate is not None and self.edge_masks is not None:
-            out = out * (torch.sigmoid(self._edge_gate[0]) * self.edge_masks()[0])
         self._shapes[tuple(x.shape)] = tuple(out.shape)
         return out
 
