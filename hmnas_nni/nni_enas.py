@@ -14,10 +14,9 @@ from typing import Any
 from nni.nas.oneshot.pytorch._dataloader import ConcatLoader
 from nni.nas.oneshot.pytorch.strategy import ENAS
 
-# tianshou 0.4.11 declares protobuf~=3.19, which onnx cannot use: install it without dependencies.
-ENAS_INSTALL = ("pip install --no-deps tianshou==0.4.11 gym==0.26.2 gym-notices==0.1.0 h5py==3.16.0 numba==0.68.1 "
-                "llvmlite==0.50.0 tensorboard==2.21.0 tensorboard-data-server==0.7.2 absl-py==2.5.1 "
-                "markdown==3.11.3 werkzeug==3.1.9 grpcio==1.85.1")
+# tianshou 0.4.11 declares protobuf~=3.19, which onnx cannot use: the pins in requirements-enas.txt go in
+# without dependencies.
+ENAS_INSTALL = "pip install --no-deps -r requirements-enas.txt (in the hmnas-nni checkout)"
 
 
 def enas_missing() -> str | None:
