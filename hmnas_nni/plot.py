@@ -38,7 +38,8 @@ def _draw_cell(ax, arch: Architecture, graph: CellGraph) -> None:
                     arrowprops=dict(arrowstyle="-|>", color=f"C{k % 10}", connectionstyle=f"arc3,rad={-rad}", lw=1.4))
         height = rad * (x1 - x0) / 2
         ax.text((x0 + x1) / 2, height + 0.05, _edge_text(arch, graph, e), ha="center", va="bottom",
-                fontsize=6.5, color=f"C{k % 10}")
+                fontsize=6.5, color=f"C{k % 10}", zorder=5,  # arcs bend in display space: keep labels readable
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.5))
     for n in range(n_total):
         alive = live.node_alive(n)
         ax.scatter([xs[n]], [0], s=700, color="#cfe2ff" if alive else "#eeeeee", edgecolors="black", zorder=3)
