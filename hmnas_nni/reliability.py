@@ -196,19 +196,20 @@ class GracefulStop(pl.Callback):
             raise SearchInterrupted(self.requested, f"stopped by {name} at epoch {trainer.current_epoch}")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        stopped = isinstance(exception, SearchInterrupted) or self.requested is not None
-        if stopped and trainer.world_size == 1:
+        stop = self.interruption(exception)
+        if isinstance(stop, SearchInterrupted) and trainer.world_size == 1:
             path = self.checkpoint_dir / "interrupted.ckpt"
             trainer.save_checkpoint(path)
-            _logger.warning("%s; wrote %s", self.interruption(exception), path)
+            _logger.warning("%s; wrote %s", stop, path)
 
     def interruption(self, exception: BaseException) -> BaseException:
         """``exception`` as the stop it was, when a signal asked for one.
 
         A SIGTERM that lands between an epoch's last step and its end is raised by Lightning itself, as a
         ``SIGTERMException`` (a ``SystemExit`` with status 0); the search must still report it as interrupted.
+        Any other exception (a numerical fault, a bug) stays what it is.
         """
-        if self.requested is None or isinstance(exception, SearchInterrupted):
+        if self.requested is None or not isinstance(exception, SystemExit):
             return exception
         name = signal.Signals(self.requested).name
         return SearchInterrupted(self.requested, f"stopped by {name} at the end of an epoch")
