@@ -106,7 +106,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options shared by ``hmnas compare`` and ``python -m experiments.compare``."""
+    """The options shared by ``hmnas compare`` and ``python -m hmnas_nni.experiments.compare``."""
     p.add_argument("--budget", choices=sorted(BUDGETS), default="tiny",
                    help="tiny: digits CI smoke; cpu: Fashion-MNIST on nb201 for 2 cores; gpu: DARTS space on one GPU")
     p.add_argument("--space", default=None, help="override the budget's search space (nb201, darts, mobile)")
@@ -233,7 +233,7 @@ class EnasUnavailable(RuntimeError):
 
 def enas_ready() -> None:
     """Raise :class:`EnasUnavailable` unless NNI's ENAS controller (tianshou + gym) imports."""
-    from hmnas_nni.nni_enas import enas_missing
+    from hmnas_nni.search.nni_enas import enas_missing
 
     missing = enas_missing()
     if missing:
@@ -246,16 +246,16 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
     import torch
     from safetensors.torch import load_file
 
-    import hmnas_nni.search as search
-    from hmnas_nni.architecture import Architecture
-    from hmnas_nni.data import load_dataset, search_splits
-    from hmnas_nni.evaluation import accuracy, count_parameters, recalibrate_batchnorm
-    from hmnas_nni.materialize import materialize
+    import hmnas_nni.search.run as search
+    from hmnas_nni.format.architecture import Architecture
+    from hmnas_nni.nas.materialize import materialize
+    from hmnas_nni.search.data import load_dataset, search_splits
+    from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 
     notes: list[str] = []
     if strategy == "enas":
         enas_ready()
-        notes.append("ENAS ran as hmnas_nni.nni_enas.LightningENAS (NNI's ENAS with tagged batches)")
+        notes.append("ENAS ran as hmnas_nni.search.nni_enas.LightningENAS (NNI's ENAS with tagged batches)")
 
     captured: dict[str, Any] = {}
     make_strategy = search.make_strategy
@@ -336,9 +336,8 @@ def count_flops(model: Any, shape: tuple[int, int, int]) -> int:
 def ort_latency(model: Any, shape: tuple[int, int, int], path: Path) -> dict[str, Any]:
     """ONNX Runtime CPU latency at batch 1 (median of >= 200 runs, 1 intra-op thread), via the export package."""
     import numpy as np
-
-    from export.bench import time_runs
-    from export.onnx_export import export_onnx, ort_session
+    from hmnas_nni.export.bench import time_runs
+    from hmnas_nni.export.onnx_export import export_onnx, ort_session
 
     export_onnx(model, path, shape)
     session = ort_session(path, ["CPUExecutionProvider"], threads=1)
@@ -351,7 +350,7 @@ def ort_latency(model: Any, shape: tuple[int, int, int], path: Path) -> dict[str
 
 def retrain_from_scratch(plan: dict[str, Any], folder: Path, seed: int) -> dict[str, Any]:
     """Retrain the derived network from scratch with ``hmnas retrain``'s function; test accuracy and seconds."""
-    from export.retrain import retrain
+    from hmnas_nni.export.retrain import retrain
 
     metrics = retrain(folder / "search" / "arch.json", plan["dataset"], plan["retrain"], folder / "retrain",
                       seed=seed, progress=False, limit_train=plan["retrain_limit"], data_root=plan["data_root"],
@@ -509,8 +508,8 @@ def plot_results(out: Path, rows: list[dict[str, Any]], strategies: list[str]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.compare``: the same options as ``hmnas compare``."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0])
+    """``python -m hmnas_nni.experiments.compare``: the same options as ``hmnas compare``."""
+    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.experiments.compare", description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmnas_nni.architecture import ArchitectureError
+from hmnas_nni.format.architecture import ArchitectureError
+from hmnas_nni.format.files import OutputExists, guard_outputs, write_atomic, write_json
 
-from .files import OutputExists, guard_outputs, write_atomic, write_json
 from .hmnas_timm import HmnasNet, WeightsError, load_weights, resolve_architecture
 from .onnx_export import ExportError, export_onnx, load_onnx, metadata_of, ort_session
 

@@ -23,9 +23,8 @@ import torch.nn as nn
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from hmnas_nni.architecture import Architecture, ArchitectureError
-
-from .files import publish
+from hmnas_nni.format.architecture import Architecture, ArchitectureError
+from hmnas_nni.format.files import publish
 
 __all__ = [
     "HmnasNet", "WeightsError", "ArchLike", "ARCH_DIR", "resolve_architecture", "arch_pretrained_cfg",
@@ -138,7 +137,7 @@ class HmnasNet(nn.Module):
         if in_chans is not None:
             args["in_channels"] = int(in_chans)
         if body is None:
-            from search_spaces import build_space
+            from hmnas_nni.spaces import build_space
 
             body = build_space(self.arch.space, **args).derived_network(self.arch)
         self.in_chans = int(args.get("in_channels", 3))

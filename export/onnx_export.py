@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmnas_nni.architecture import ArchitectureError
+from hmnas_nni.format.architecture import ArchitectureError
+from hmnas_nni.format.files import OutputExists, guard_outputs, publish, sha256, write_json
 
-from .files import OutputExists, guard_outputs, publish, sha256, write_json
 from .hmnas_timm import HmnasNet, WeightsError, load_weights, resolve_architecture
 
 DEFAULT_OPSET = 21
@@ -194,7 +194,7 @@ def _real_inputs(dataset: str | None, data_root: str | None, limit: int) -> tupl
     """Test-set images of ``dataset`` (normalised as in training), or ``None`` with the reason."""
     if not dataset:
         return None, "no dataset named (pass --dataset, or export an arch.json written by `hmnas retrain`)"
-    from hmnas_nni.data import load_dataset
+    from hmnas_nni.search.data import load_dataset
 
     _, test, info = load_dataset(dataset, root=data_root)
     return test.tensors[0][:limit], f"{info.name} test set, first {min(limit, len(test))} images"

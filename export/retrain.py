@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hmnas_nni.architecture import Architecture, ArchitectureError
+from hmnas_nni.format.architecture import Architecture, ArchitectureError
+from hmnas_nni.format.files import OutputExists, guard_outputs, sha256, write_json
 
-from .files import OutputExists, guard_outputs, sha256, write_json
 from .hmnas_timm import HmnasNet, WeightsError, resolve_architecture, save_weights
 
 OUTPUTS = ("model.safetensors", "metrics.json", "arch.json", "config.json")
@@ -42,7 +42,7 @@ def add_retrain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument("arch", help="architecture JSON written by `hmnas search`")
     p.add_argument("--dataset", required=True, help="digits, fashion-mnist or cifar10")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset files (see `hmnas_nni.data`)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files (see `hmnas_nni.search.data`)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (0 only evaluates; default 10)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--from-supernet", default=None, metavar="DIR",
@@ -149,7 +149,7 @@ def retrain(
     data_root: str | None = None, progress: bool = True, force: bool = False,
 ) -> dict[str, Any]:
     """Train (or fine-tune) the derived network of ``arch_path`` and write weights and metrics to ``out``."""
-    from hmnas_nni.data import load_dataset
+    from hmnas_nni.search.data import load_dataset
 
     if epochs < 0:
         raise RetrainError(f"--epochs must be 0 or more, got {epochs}")
@@ -180,7 +180,7 @@ def retrain(
     inherited_from = None
     body = None
     if from_supernet is not None:
-        from hmnas_nni.materialize import WeightsMismatch, materialize
+        from hmnas_nni.nas.materialize import WeightsMismatch, materialize
 
         searched, state, weights_path = load_supernet_dir(from_supernet)
         if searched.to_dict() != arch.to_dict():

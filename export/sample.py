@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hmnas_nni.architecture import Architecture
+from hmnas_nni.format.architecture import Architecture
 
 # Smallest sizes of each space that still have every kind of cell: 8x8 one-channel input (the digits set).
 SMOKE_ARGS: dict[str, dict[str, int]] = {
@@ -27,7 +27,7 @@ def smoke_architecture(space: str, seed: int = 0) -> Architecture:
 def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, seed: int = 0,
                         **space_args: Any) -> Architecture:
     """Keep ``keep_ops`` random ops per op choice and ``keep_inputs`` inputs per input choice, with random weights."""
-    from search_spaces import build_space
+    from hmnas_nni.spaces import build_space
 
     built = build_space(space, **space_args)
     rng = random.Random(seed)

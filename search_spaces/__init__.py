@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hmnas_nni.format.graph import CellGraph, Edge, liveness
+
 from .base import ClassifierNet, ProjectSpace
 from .darts import DartsSpace
-from .graph import CellGraph, Edge, liveness
 from .mobile import MobileSpace
 from .nasbench201 import NasBench201Space
 

@@ -10,9 +10,8 @@ import torch.nn as nn
 from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.nn.pytorch import ModelSpace
 
-from hmnas_nni.architecture import Architecture, ArchitectureError, ChoiceSpec
-
-from .graph import CellGraph
+from hmnas_nni.format.architecture import Architecture, ArchitectureError, ChoiceSpec
+from hmnas_nni.format.graph import CellGraph
 
 
 class ClassifierNet(nn.Module):

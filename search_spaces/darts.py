@@ -14,11 +14,11 @@ import torch.nn as nn
 from nni.mutable import label_scope
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
-from hmnas_nni.architecture import Architecture
+from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.format.graph import CellGraph, Edge
 
 from .base import ClassifierNet, ProjectSpace
 from .derived import DerivedCell
-from .graph import CellGraph, Edge
 from .ops import FactorizedReduce, ReLUConvBN, darts_ops
 
 NUM_NODES = 4

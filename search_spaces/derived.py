@@ -12,9 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from hmnas_nni.architecture import Architecture
-
-from .graph import CellGraph, Edge, liveness
+from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.format.graph import CellGraph, Edge, liveness
 
 
 class DerivedOps(nn.Module):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from nni.nas.nn.pytorch import LayerChoice
 
-from hmnas_nni.architecture import Architecture
+from hmnas_nni.format.architecture import Architecture
 
 from .base import ClassifierNet, ProjectSpace
 from .derived import derived_ops

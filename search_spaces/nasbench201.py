@@ -13,11 +13,11 @@ import torch.nn as nn
 from nni.mutable import label_scope
 from nni.nas.nn.pytorch import LayerChoice
 
-from hmnas_nni.architecture import Architecture
+from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.format.graph import CellGraph, Edge
 
 from .base import ClassifierNet, ProjectSpace
 from .derived import DerivedCell
-from .graph import CellGraph, Edge
 from .ops import ResNetBasicBlock, nb201_ops
 
 NUM_NODES = 3  # intermediate nodes; node 0 is the cell input

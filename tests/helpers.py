@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hmnas_nni.spaces as search_spaces
 import torch
 
-import search_spaces
 from hmnas_nni import HMNAS
-from hmnas_nni.search import to_architecture
+from hmnas_nni.search.run import to_architecture
 
 TINY_ARGS = {
     "nb201": {"channels": 4, "input_size": 8},

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hmnas_nni.architecture import Architecture, ArchitectureError
+from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from tests.helpers import export, hmnas_supernet, random_masks, tiny_space
 
 

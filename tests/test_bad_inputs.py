@@ -80,7 +80,7 @@ def cifar(folder: Path, batch: object) -> Path:
 
 def search_checkpoint(path: Path, epoch: int, **config: object) -> None:
     """A checkpoint as `hmnas search` writes it (what --resume reads of it: epoch, state_dict, config)."""
-    from hmnas_nni.search import SearchConfig
+    from hmnas_nni.search.run import SearchConfig
 
     cfg = asdict(SearchConfig(**config))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,8 @@ def safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 def derived_state(arch: Path) -> dict[str, torch.Tensor]:
     """The weights a supernet must provide for ``arch``'s derived network."""
-    from hmnas_nni.architecture import Architecture
-    from hmnas_nni.materialize import materialize
+    from hmnas_nni.format.architecture import Architecture
+    from hmnas_nni.nas.materialize import materialize
 
     return {k: v.clone() for k, v in materialize(Architecture.load(arch)).state_dict().items()}
 

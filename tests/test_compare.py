@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hmnas_nni.experiments.compare import ALL_STRATEGIES, NUMERIC_FIELDS, main, make_plan
 from safetensors.torch import load_file
-
-from experiments.compare import ALL_STRATEGIES, NUMERIC_FIELDS, main, make_plan
 
 
 def _enas_importable() -> bool:
@@ -55,10 +54,10 @@ def test_hmnas_gap_comes_from_real_evaluations(tiny: tuple[Path, dict[str, Any],
     """Rebuild HM-NAS's derived network from arch.json + supernet.safetensors and re-measure it."""
     import copy
 
-    from hmnas_nni.architecture import Architecture
-    from hmnas_nni.data import load_dataset, search_splits
-    from hmnas_nni.evaluation import accuracy, recalibrate_batchnorm
-    from hmnas_nni.materialize import materialize
+    from hmnas_nni.format.architecture import Architecture
+    from hmnas_nni.nas.materialize import materialize
+    from hmnas_nni.search.data import load_dataset, search_splits
+    from hmnas_nni.search.evaluation import accuracy, recalibrate_batchnorm
 
     _, doc, _ = tiny
     plan = doc["plan"]

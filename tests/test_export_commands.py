@@ -6,17 +6,17 @@ import argparse
 import csv
 import json
 
+import hmnas_nni.export as export
 import pytest
 import timm
 import torch
+from hmnas_nni.export.bench import add_bench_parser, run_bench
+from hmnas_nni.export.retrain import add_retrain_parser, run_retrain
+from hmnas_nni.export.sample import SMOKE_ARGS, smoke_architecture
+from hmnas_nni.spaces import build_space
 from safetensors.torch import load_file, save_file
 
-import export
-from export.bench import add_bench_parser, run_bench
-from export.retrain import add_retrain_parser, run_retrain
-from export.sample import SMOKE_ARGS, smoke_architecture
-from hmnas_nni.data import load_dataset
-from search_spaces import build_space
+from hmnas_nni.search.data import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

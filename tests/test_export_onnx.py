@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import hmnas_nni.export as export
 import numpy as np
 import onnx
 import pytest
 import timm
 import torch
-
-import export
-from export.onnx_export import (
+from hmnas_nni.export.onnx_export import (
     FP32_TOL,
     ExportError,
     add_export_parser,
@@ -23,7 +22,7 @@ from export.onnx_export import (
     ort_session,
     run_export,
 )
-from export.sample import smoke_architecture
+from hmnas_nni.export.sample import smoke_architecture
 
 SPACES = ("nb201", "darts", "mobile")
 

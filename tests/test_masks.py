@@ -5,8 +5,8 @@ import torch.nn as nn
 from nni.mutable import frozen_context
 from nni.nas.nn.pytorch import LayerChoice
 
-from hmnas_nni.masks import MaskScores, binarize
-from hmnas_nni.supermodules import HMNASMixedInput, HMNASMixedLayer
+from hmnas_nni.nas.masks import MaskScores, binarize
+from hmnas_nni.nas.supermodules import HMNASMixedInput, HMNASMixedLayer
 
 
 def test_binarize_thresholds_and_passes_gradient_straight_through():

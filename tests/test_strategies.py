@@ -11,8 +11,8 @@ from nni.nas.hub.pytorch import NasBench201
 from torch.utils.data import TensorDataset
 
 from hmnas_nni import HMNAS, Architecture
-from hmnas_nni.data import load_dataset, search_splits
-from hmnas_nni.search import SearchConfig, run_search
+from hmnas_nni.search.data import load_dataset, search_splits
+from hmnas_nni.search.run import SearchConfig, run_search
 from tests.helpers import TINY_ARGS
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hmnas_nni.experiments import trial
 
-from hmnas_nni import trial
-from hmnas_nni.search import SearchConfig
+from hmnas_nni.search.run import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -90,7 +90,7 @@ def test_bad_input_fails_before_writing_anything(args: list[str], needle: str, t
 def test_python_m_trial_exits_at_once_with_one_line(args: list[str], needle: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "hmnas_nni.trial", "--out", str(out), *args], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.trial", "--out", str(out), *args], cwd=tmp_path,
                          env=_clean_env(monkeypatch), capture_output=True, text=True, timeout=120)
     assert run.returncode == trial.EXIT_BAD_INPUT, run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
@@ -101,7 +101,7 @@ def test_python_m_trial_exits_at_once_with_one_line(args: list[str], needle: str
 
 def test_outside_nni_it_is_a_plain_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "search"
-    run = subprocess.run([sys.executable, "-m", "hmnas_nni.trial", "--epochs", "2", "--subset", "128", "--no-progress",
+    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.trial", "--epochs", "2", "--subset", "128", "--no-progress",
                           "--out", str(out), "--params", '{"sparsity": 0.001}'], cwd=tmp_path,
                          env=_clean_env(monkeypatch), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -117,7 +117,7 @@ def test_outside_nni_it_is_a_plain_search(tmp_path: Path, monkeypatch: pytest.Mo
 def _trial_config(yml: Path, params: dict) -> SearchConfig:
     """The SearchConfig a trial of ``yml`` would run with ``params`` (without running it)."""
     command = shlex.split(yaml.safe_load(yml.read_text())["trialCommand"])
-    assert command[:3] == ["python3", "-m", "hmnas_nni.trial"], command
+    assert command[:3] == ["python3", "-m", "hmnas_nni.experiments.trial"], command
     parser = trial.add_trial_arguments(__import__("argparse").ArgumentParser())
     args = parser.parse_args(command[3:])
     return trial.build_config(trial._cli_values(args), params)
@@ -152,7 +152,7 @@ def test_compare_covers_every_strategy() -> None:
 
 def test_python_api_script_exports_hmnas_and_darts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "api"
-    run = subprocess.run([sys.executable, str(EXPERIMENTS / "search.py"), "--epochs", "1", "--subset", "128",
+    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.api_example", "--epochs", "1", "--subset", "128",
                           "--out", str(out)], cwd=tmp_path, env=_clean_env(monkeypatch), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

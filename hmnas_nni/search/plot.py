@@ -11,10 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from search_spaces import CellGraph, build_space, liveness  # noqa: E402
-from search_spaces.derived import kept_edges  # noqa: E402
-
-from .architecture import Architecture  # noqa: E402
+from hmnas_nni.format.architecture import Architecture  # noqa: E402
+from hmnas_nni.spaces import CellGraph, build_space, liveness  # noqa: E402
+from hmnas_nni.spaces.derived import kept_edges  # noqa: E402
 
 
 def _edge_text(arch: Architecture, graph: CellGraph, e) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from search_spaces.graph import CellGraph, Edge, liveness
+from hmnas_nni.format.graph import CellGraph, Edge, liveness
 
 from .masks import MaskScores
 

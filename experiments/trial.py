@@ -43,7 +43,7 @@ class TrialInputError(ValueError):
 # --------------------------------------------------------------------------------------------- parameters
 def _config_type() -> type:
     """``SearchConfig``, imported on first use so this module loads without the search stack."""
-    from hmnas_nni.search import SearchConfig
+    from hmnas_nni.search.run import SearchConfig
 
     return SearchConfig
 
@@ -281,7 +281,7 @@ def run_trial(args: argparse.Namespace) -> int:
     """Run one search with NNI's parameters (if any) and report to NNI; returns the exit code."""
     import nni
 
-    from hmnas_nni.search import run_search
+    from hmnas_nni.search.run import run_search
 
     nni_run = in_nni()
     try:
@@ -306,8 +306,8 @@ def run_trial(args: argparse.Namespace) -> int:
         print(_describe(metrics), flush=True)
         report("intermediate", nni_metric(metrics))
 
-    from hmnas_nni.lightning import NumericalFault
-    from hmnas_nni.reliability import SearchInterrupted
+    from hmnas_nni.nas.lightning import NumericalFault
+    from hmnas_nni.search.reliability import SearchInterrupted
 
     try:
         final = run_search(config, on_epoch_end=on_epoch_end)
@@ -330,8 +330,8 @@ def run_trial(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hmnas_nni.trial``."""
-    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.trial", description=__doc__.splitlines()[0])
+    """``python -m hmnas_nni.experiments.trial``."""
+    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.experiments.trial", description=__doc__.splitlines()[0])
     add_trial_arguments(parser)
     args = parser.parse_args(argv)
     return run_trial(args)

@@ -31,7 +31,7 @@ class MaskScores(nn.Module):
 
     ``forced`` entries stay on whatever their score (the last-path rule); entries not ``alive``
     were removed by the hierarchy (their edge or node is gone). ``live`` lists the entries the
-    forward pass executes; it is refreshed by :class:`~hmnas_nni.hierarchy.Hierarchy` after
+    forward pass executes; it is refreshed by :class:`~hmnas_nni.nas.hierarchy.Hierarchy` after
     every mask update, so the forward pass never reads a tensor back from the device.
     """
 

@@ -13,10 +13,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from search_spaces import ClassifierNet, build_space
-from search_spaces.derived import DerivedOps
-
-from .architecture import Architecture
+from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.spaces import ClassifierNet, build_space
+from hmnas_nni.spaces.derived import DerivedOps
 
 
 class WeightsMismatch(ValueError):

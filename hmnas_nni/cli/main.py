@@ -9,17 +9,16 @@ import logging
 import sys
 from pathlib import Path
 
-from .architecture import Architecture, ArchitectureError
+from hmnas_nni.format.architecture import Architecture, ArchitectureError
 
 #: Exit status of a search stopped by a non-finite loss or architecture parameter (bad input exits 2).
 EXIT_NUMERICAL_FAULT = 3
 
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
-    from search_spaces import SPACES
-
-    from .data import DATASETS
-    from .search import DISTRIBUTED, STRATEGIES, SearchConfig
+    from hmnas_nni.search.data import DATASETS
+    from hmnas_nni.search.run import DISTRIBUTED, STRATEGIES, SearchConfig
+    from hmnas_nni.spaces import SPACES
 
     d = SearchConfig()
     p = sub.add_parser("search", help="search a space with HM-NAS or one of NNI's one-shot strategies",
@@ -92,8 +91,8 @@ def _given_options(args: argparse.Namespace) -> set[str]:
 
 def config_from_args(args: argparse.Namespace):
     """The SearchConfig of ``hmnas search``; with ``--resume DIR`` options not on the command line come from DIR."""
-    from .reliability import check_resumable, checkpoint_path, read_checkpoint, saved_config
-    from .search import SearchConfig
+    from hmnas_nni.search.reliability import check_resumable, checkpoint_path, read_checkpoint, saved_config
+    from hmnas_nni.search.run import SearchConfig
 
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose") and not k.startswith("_")}
     if values.get("resume") is not None:
@@ -110,9 +109,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from .lightning import NumericalFault
-    from .reliability import SearchInterrupted
-    from .search import run_search
+    from hmnas_nni.nas.lightning import NumericalFault
+    from hmnas_nni.search.reliability import SearchInterrupted
+    from hmnas_nni.search.run import run_search
 
     config = config_from_args(args)
     try:
@@ -141,9 +140,8 @@ def add_show_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from search_spaces import build_space
-
-    from .plot import describe, plot_architecture
+    from hmnas_nni.search.plot import describe, plot_architecture
+    from hmnas_nni.spaces import build_space
 
     arch = Architecture.load(args.arch)
     arch.validate(build_space(arch.space, **arch.space_args).catalogue())
@@ -155,11 +153,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 # Subcommands that live in other modules: (module, add-parser function).
 EXTRA_COMMANDS = (
-    ("hmnas_nni.trial", "add_trial_parser"),
-    ("export.cli", "add_retrain_parser"),
-    ("export.cli", "add_export_parser"),
-    ("export.cli", "add_bench_parser"),
-    ("experiments.compare", "add_compare_parser"),
+    ("hmnas_nni.experiments.trial", "add_trial_parser"),
+    ("hmnas_nni.export.cli", "add_retrain_parser"),
+    ("hmnas_nni.export.cli", "add_export_parser"),
+    ("hmnas_nni.export.cli", "add_bench_parser"),
+    ("hmnas_nni.experiments.compare", "add_compare_parser"),
 )
 
 

@@ -1,6 +1,6 @@
 """HM-NAS next to NNI's DARTS through NNI's Python API: same space, same data, both exported architectures printed.
 
-    python experiments/search.py --epochs 4 --subset 512
+    python -m hmnas_nni.experiments.api_example --epochs 4 --subset 512
 
 A one-shot ``NasExperiment`` starts no NNI manager and no web UI; for those, run the same search as
 nnictl trials (``experiments/hmnas.yml``, see ``docs/experiments.md``).
@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hmnas_nni.spaces import ProjectSpace
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.strategy import DARTS
 
 from hmnas_nni import HMNAS
-from hmnas_nni.search import SearchConfig, search_inputs, seed_everything, to_architecture
-from search_spaces import ProjectSpace
+from hmnas_nni.search.run import SearchConfig, search_inputs, seed_everything, to_architecture
 
 
 def space_and_evaluator(config: SearchConfig) -> tuple[ProjectSpace, Classification]:

@@ -3,7 +3,7 @@
 ``run_search(SearchConfig(...))`` is what ``hmnas search``, the NNI trial and the comparison
 scripts all call. It writes, in ``config.out``:
 
-- ``arch.json``: the derived architecture (see :mod:`hmnas_nni.architecture`);
+- ``arch.json``: the derived architecture (see :mod:`hmnas_nni.format.architecture`);
 - ``metrics.json``: per-epoch and final metrics (rewritten after every epoch);
 - ``supernet.safetensors``: the supernet's weights, from which the derived network inherits;
 - ``cells.png``: a drawing of the derived cells;
@@ -39,12 +39,12 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from torch.utils.data import TensorDataset
 
-from search_spaces import SPACES, ProjectSpace, build_space
+from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.nas.materialize import materialize, supernet_state
+from hmnas_nni.spaces import SPACES, ProjectSpace, build_space
 
-from .architecture import Architecture
 from .data import DATASETS, DatasetInfo, load_dataset, search_splits
 from .evaluation import accuracy, count_parameters
-from .materialize import materialize, supernet_state
 from .reliability import (
     EpochCheckpoint,
     EpochSampler,
@@ -168,7 +168,7 @@ def make_strategy(config: SearchConfig):
     """The NNI strategy object named by ``config.strategy``, with the config's shared knobs."""
     from nni.nas.oneshot.pytorch.strategy import DARTS, GumbelDARTS, Proxyless, RandomOneShot
 
-    from .strategy import HMNAS
+    from hmnas_nni.nas.strategy import HMNAS
 
     warmup, arch = config.schedule()
     if config.strategy == "hmnas":

@@ -1,0 +1,1 @@
+"""The ``hmnas`` command line."""

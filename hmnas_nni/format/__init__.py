@@ -1,0 +1,1 @@
+"""The document formats every layer reads: architecture JSON, cell graphs, atomic files."""

@@ -1,0 +1,1 @@
+"""The one-shot search layer: configs, data, the NNI experiment run, monitoring and resume."""
