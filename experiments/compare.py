@@ -509,7 +509,8 @@ def plot_results(out: Path, rows: list[dict[str, Any]], strategies: list[str]) -
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m hmnas_nni.experiments.compare``: the same options as ``hmnas compare``."""
-    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.experiments.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.experiments.compare",
+                                     description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
     args = parser.parse_args(argv)
     try:

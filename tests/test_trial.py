@@ -101,8 +101,8 @@ def test_python_m_trial_exits_at_once_with_one_line(args: list[str], needle: str
 
 def test_outside_nni_it_is_a_plain_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "search"
-    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.trial", "--epochs", "2", "--subset", "128", "--no-progress",
-                          "--out", str(out), "--params", '{"sparsity": 0.001}'], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.trial", "--epochs", "2", "--subset", "128",
+                          "--no-progress", "--out", str(out), "--params", '{"sparsity": 0.001}'], cwd=tmp_path,
                          env=_clean_env(monkeypatch), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     arch = json.loads((out / "arch.json").read_text())
