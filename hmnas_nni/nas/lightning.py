@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 
+from .defaults import DEFAULTS
 from .hierarchy import Hierarchy
 
 PHASES = ("warmup", "architecture", "masking")
@@ -27,8 +28,10 @@ class NumericalFault(RuntimeError):
 
 class HMNASLightningModule(DartsLightningModule):
     def __init__(self, training_module: pl.LightningModule, hierarchy: Hierarchy, *,
-                 arc_learning_rate: float = 3e-4, mask_learning_rate: float = 1e-3,
-                 warmup_epochs: int = 1, arch_epochs: int = 1, sparsity: float = 1e-3, settle_epochs: int = 1,
+                 arc_learning_rate: float = DEFAULTS.arc_learning_rate,
+                 mask_learning_rate: float = DEFAULTS.mask_learning_rate, warmup_epochs: int = DEFAULTS.warmup_epochs,
+                 arch_epochs: int = DEFAULTS.arch_epochs, sparsity: float = DEFAULTS.sparsity,
+                 settle_epochs: int = DEFAULTS.settle_epochs,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10) -> None:
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs)

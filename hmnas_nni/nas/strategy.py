@@ -21,6 +21,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.strategy import DARTS
 from nni.nas.space import ModelStatus, RawFormatModelSpace
 
+from .defaults import DEFAULTS
 from .hierarchy import Hierarchy
 from .lightning import HMNASLightningModule
 from .masks import MaskScores
@@ -51,9 +52,11 @@ class HMNAS(DARTS):
         or ``"auto"``: the space's ``hmnas_edge_level`` attribute, else ``"input"`` when it has input choices.
     """
 
-    def __init__(self, *, arc_learning_rate: float = 3e-3, mask_learning_rate: float = 5e-4,
-                 warmup_epochs: int = 1, arch_epochs: int = 1, tau: float = 5e-3, mask_init: float = 1e-2,
-                 sparsity: float = 1e-2, settle_epochs: int = 1, edge_level: str = "auto",
+    def __init__(self, *, arc_learning_rate: float = DEFAULTS.arc_learning_rate,
+                 mask_learning_rate: float = DEFAULTS.mask_learning_rate, warmup_epochs: int = DEFAULTS.warmup_epochs,
+                 arch_epochs: int = DEFAULTS.arch_epochs, tau: float = DEFAULTS.tau,
+                 mask_init: float = DEFAULTS.mask_init, sparsity: float = DEFAULTS.sparsity,
+                 settle_epochs: int = DEFAULTS.settle_epochs, edge_level: str = "auto",
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, **kwargs: Any) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)

@@ -40,6 +40,7 @@ from nni.nas.experiment import NasExperiment
 from torch.utils.data import TensorDataset
 
 from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.nas.defaults import DEFAULTS
 from hmnas_nni.nas.materialize import materialize, supernet_state
 from hmnas_nni.spaces import SPACES, ProjectSpace, build_space
 
@@ -81,15 +82,15 @@ class SearchConfig:
     space_args: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
     # architecture search knobs (shared by the differentiable strategies where they apply)
-    arc_lr: float = 3e-3
+    arc_lr: float = DEFAULTS.arc_learning_rate
     warmup_epochs: int | None = None
     # HM-NAS knobs
     arch_epochs: int | None = None
-    tau: float = 5e-3
-    mask_init: float = 1e-2
-    mask_lr: float = 5e-4
-    sparsity: float = 1e-2
-    settle_epochs: int = 1
+    tau: float = DEFAULTS.tau
+    mask_init: float = DEFAULTS.mask_init
+    mask_lr: float = DEFAULTS.mask_learning_rate
+    sparsity: float = DEFAULTS.sparsity
+    settle_epochs: int = DEFAULTS.settle_epochs
     # where to run
     accelerator: str = "auto"
     devices: int = 1

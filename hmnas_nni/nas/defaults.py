@@ -1,0 +1,27 @@
+"""HM-NAS's default hyper-parameters: the one set that the strategy, its Lightning module, the search config
+and the docs all read (docs/method.md explains each choice)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HMNASDefaults:
+    """Defaults of :class:`~hmnas_nni.nas.strategy.HMNAS` and :class:`~hmnas_nni.nas.lightning.HMNASLightningModule`."""
+
+    arc_learning_rate: float = 3e-3  # Adam lr of alpha/beta (and edge gates)
+    mask_learning_rate: float = 5e-4  # Adam lr of the mask scores
+    warmup_epochs: int = 1  # weights only
+    arch_epochs: int = 1  # alpha/beta steps before masking starts
+    tau: float = 5e-3  # mask threshold: m = 1[s >= tau]
+    mask_init: float = 1e-2  # initial mask score (above tau: everything starts switched on)
+    sparsity: float = 1e-2  # lambda of the sparsity term lambda * mean |s|
+    settle_epochs: int = 1  # last masking epochs with the masks fixed (BatchNorm settles on the exported net)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULTS = HMNASDefaults()
