@@ -248,7 +248,7 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
 
     import hmnas_nni.search.run as search
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.nas.materialize import materialize
+    from hmnas_nni.nas.rebuild import network_from_architecture
     from hmnas_nni.search.data import load_dataset, search_splits
     from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 
@@ -284,7 +284,8 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
 
     # derived network rebuilt from the files the search wrote (not from the live supernet)
     arch = Architecture.load(folder / "search" / "arch.json")
-    derived = materialize(arch, load_file(str(folder / "search" / "supernet.safetensors"))).to(device).eval()
+    derived = network_from_architecture(arch, load_file(str(folder / "search" / "supernet.safetensors")))
+    derived = derived.to(device).eval()
     derived_files = accuracy(derived, val_split, bs, device)
     derived_bn = accuracy(recalibrate_batchnorm(copy.deepcopy(derived), train_split, nbn, bs, device),
                           val_split, bs, device)

@@ -116,6 +116,16 @@ def _reduce(size: int, n: int) -> int:
 
 
 # --------------------------------------------------------------------------- the model
+def derived_body(arch: Architecture, space_args: dict[str, Any]) -> nn.Module:
+    """The derived network of ``arch`` (freshly initialised), built with ``space_args`` (e.g. other in_channels)."""
+    from hmnas_nni.nas.rebuild import network_from_architecture
+
+    doc = arch.to_dict() | {"space_args": space_args}
+    if arch.input_shape is not None and "in_channels" in space_args:
+        doc["input_shape"] = [space_args["in_channels"], *arch.input_shape[1:]]
+    return network_from_architecture(Architecture.from_dict(doc))
+
+
 class HmnasNet(nn.Module):
     """A derived HM-NAS network behind timm's CNN interface (features, head, classifier reset)."""
 
@@ -137,9 +147,7 @@ class HmnasNet(nn.Module):
         if in_chans is not None:
             args["in_channels"] = int(in_chans)
         if body is None:
-            from hmnas_nni.spaces import build_space
-
-            body = build_space(self.arch.space, **args).derived_network(self.arch)
+            body = derived_body(self.arch, args)
         self.in_chans = int(args.get("in_channels", 3))
         self.num_classes = int(args.get("num_classes", 10)) if num_classes is None else int(num_classes)
         self.num_features = self.head_hidden_size = int(body.num_features)

@@ -180,14 +180,15 @@ def retrain(
     inherited_from = None
     body = None
     if from_supernet is not None:
-        from hmnas_nni.nas.materialize import WeightsMismatch, materialize
+        from hmnas_nni.nas.derive import WeightsMismatch
+        from hmnas_nni.nas.rebuild import network_from_architecture
 
         searched, state, weights_path = load_supernet_dir(from_supernet)
         if searched.to_dict() != arch.to_dict():
             print(f"note: {arch_path} differs from {from_supernet}/arch.json; inheriting weights for {arch_path}",
                   file=sys.stderr)
         try:
-            body = materialize(arch, state)
+            body = network_from_architecture(arch, state, where=f"supernet weights {weights_path}")
         except WeightsMismatch as e:
             raise RetrainError(f"supernet {weights_path} does not fit the architecture: {e}") from None
         inherited_from = {"path": str(weights_path), "sha256": sha256(weights_path)}

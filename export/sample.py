@@ -26,22 +26,34 @@ def smoke_architecture(space: str, seed: int = 0) -> Architecture:
 
 def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, seed: int = 0,
                         **space_args: Any) -> Architecture:
-    """Keep ``keep_ops`` random ops per op choice and ``keep_inputs`` inputs per input choice, with random weights."""
+    """Keep ``keep_ops`` random ops per op choice (and cell edge) and ``keep_inputs`` inputs per input choice (and
+    cell node), with random weights."""
     from hmnas_nni.spaces import build_space
 
     built = build_space(space, **space_args)
     rng = random.Random(seed)
-    ops: dict[str, list[dict[str, Any]]] = {}
-    inputs: dict[str, list[dict[str, Any]]] = {}
+
+    def weight() -> float:
+        return round(rng.uniform(0.3, 1.0), 4)
+
+    def some_ops(candidates: tuple) -> list[dict[str, Any]]:
+        # "none" contributes nothing; prefer real ops so the sampled network has a path through every cell
+        pool = [c for c in candidates if c != "none"] or list(candidates)
+        return [{"op": c, "weight": weight()} for c in rng.sample(pool, min(keep_ops, len(pool)))]
+
+    arch = Architecture(space=space, space_args=dict(built.space_args), strategy="sample",
+                        input_shape=[built.space_args["in_channels"], *[built.space_args["input_size"]] * 2])
     for label, spec in built.catalogue().items():
         if spec.kind == "op":
-            # "none" contributes nothing; prefer real ops so the sampled network has a path through every cell
-            pool = [c for c in spec.candidates if c != "none"] or list(spec.candidates)
-            chosen = rng.sample(pool, min(keep_ops, len(pool)))
-            ops[label] = [{"op": c, "weight": round(rng.uniform(0.3, 1.0), 4)} for c in chosen]
-        else:
+            arch.ops[label] = some_ops(spec.candidates)
+        elif spec.kind == "input":
             n = min(spec.n_chosen or keep_inputs, keep_inputs, len(spec.candidates))
             chosen = sorted(rng.sample(range(len(spec.candidates)), n))
-            inputs[label] = [{"input": int(i), "weight": round(rng.uniform(0.3, 1.0), 4)} for i in chosen]
-    arch = Architecture(space=space, space_args=dict(built.space_args), ops=ops, inputs=inputs, strategy="sample")
+            arch.inputs[label] = [{"input": i, "weight": weight()} for i in chosen]
+        elif spec.kind == "cell":
+            arch.cells[label] = {str(i): [{"input": j, "weight": weight(), "ops": some_ops(spec.candidates)}
+                                          for j in sorted(rng.sample(range(i), min(keep_inputs, i)))]
+                                 for i in spec.node_ids()}
+        else:
+            arch.values[label] = rng.choice(spec.candidates)
     return arch.validate(built.catalogue())

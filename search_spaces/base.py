@@ -1,5 +1,4 @@
-"""What every project space has: a name, JSON constructor arguments, its cell graphs,
-and a plain derived network for any architecture of it."""
+"""What every project space has: a name, JSON constructor arguments, and its whole network in ``self.net``."""
 
 from __future__ import annotations
 
@@ -7,11 +6,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.nn.pytorch import ModelSpace
 
-from hmnas_nni.format.architecture import Architecture, ArchitectureError, ChoiceSpec
-from hmnas_nni.format.graph import CellGraph
+from hmnas_nni.format.architecture import ChoiceSpec
+
+from .catalogue import catalogue
 
 
 class ClassifierNet(nn.Module):
@@ -34,30 +33,27 @@ class ClassifierNet(nn.Module):
 class ProjectSpace(ModelSpace):
     """An NNI model space whose whole network sits in ``self.net`` (a :class:`ClassifierNet`).
 
-    Subclasses set ``name``, implement ``build(choices=True|arch)`` and ``cell_graphs()``.
+    Subclasses set ``name`` and implement ``default_args`` and ``build``. A network derived from the space
+    is its ``net`` (``derived_network_attr``): plain PyTorch, with no NNI model space around it.
     """
 
     name: ClassVar[str]
+    derived_network_attr: ClassVar[str] = "net"
     net: ClassifierNet
 
     def __init__(self, **args: Any) -> None:
         super().__init__()
         self.space_args = self.check_args(args)
-        self.net = self.build(None)
+        self.net = self.build()
 
-    # -- what subclasses provide
     @classmethod
     def default_args(cls) -> dict[str, Any]:
         raise NotImplementedError
 
-    def build(self, arch: Architecture | None) -> ClassifierNet:
-        """Build the network: with ``arch=None`` the supernet with NNI choices, else the derived network."""
+    def build(self) -> ClassifierNet:
+        """The network with its NNI choices, sized by ``self.space_args``."""
         raise NotImplementedError
 
-    def cell_graphs(self) -> list[CellGraph]:
-        return []
-
-    # -- shared behaviour
     @classmethod
     def check_args(cls, args: dict[str, Any]) -> dict[str, Any]:
         defaults = cls.default_args()
@@ -75,16 +71,4 @@ class ProjectSpace(ModelSpace):
 
     def catalogue(self) -> dict[str, ChoiceSpec]:
         """Every choice label of the space with its candidates."""
-        out: dict[str, ChoiceSpec] = {}
-        for label, mutable in self.simplify().items():
-            if isinstance(mutable, CategoricalMultiple):
-                out[label] = ChoiceSpec("input", tuple(mutable.values), mutable.n_chosen)
-            elif isinstance(mutable, Categorical):
-                out[label] = ChoiceSpec("op", tuple(mutable.values))
-        return out
-
-    def derived_network(self, arch: Architecture) -> ClassifierNet:
-        if arch.space != self.name:
-            raise ArchitectureError(f"architecture was searched on space {arch.space!r}, not {self.name!r}")
-        arch.validate(self.catalogue())
-        return self.build(arch)
+        return catalogue(self)

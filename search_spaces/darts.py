@@ -1,80 +1,63 @@
-"""DARTS-style CNN space: normal and reduction cells with 4 intermediate nodes.
+"""DARTS-style CNN space on NNI's ``Cell``: normal and reduction cells with 4 intermediate nodes.
 
-Every edge ``i -> j`` is a ``LayerChoice`` over the eight DARTS ops (label ``normal/op_i_j``);
-every node picks its inputs with an ``InputChoice`` over all its predecessors
-(label ``normal/input_j``, ``n_chosen=2``, which is what NNI's DARTS derives).
+Each cell is an ``nni.nas.nn.pytorch.Cell`` (2 predecessors, 2 ops per node in NNI's sample format,
+every node concatenated), labelled ``normal`` or ``reduce`` and shared by all cells of its kind, as in
+NNI's hub ``DARTS`` space. The ops come from a factory that gives edges leaving a reduction cell's
+inputs stride 2. HM-NAS relaxes each cell as a whole: any number of input edges per node, any number
+of ops per edge (the "no edge" choice is the edge mask, so there is no ``none`` op).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
-from nni.mutable import label_scope
-from nni.nas.nn.pytorch import InputChoice, LayerChoice
-
-from hmnas_nni.format.architecture import Architecture
-from hmnas_nni.format.graph import CellGraph, Edge
+from nni.nas.nn.pytorch import Cell
 
 from .base import ClassifierNet, ProjectSpace
-from .derived import DerivedCell
-from .ops import FactorizedReduce, ReLUConvBN, darts_ops
+from .ops import DARTS_OP_NAMES, FactorizedReduce, ReLUConvBN, darts_op
 
 NUM_NODES = 4
+NUM_PREDECESSORS = 2
 
 
-def _graph(kind: str) -> CellGraph:
-    edges = tuple(
-        Edge(i, j, f"{kind}/op_{i}_{j}", f"{kind}/input_{j}", i) for j in range(2, NUM_NODES + 2) for i in range(j)
-    )
-    return CellGraph(kind=kind, num_inputs=2, num_nodes=NUM_NODES, edges=edges, output="concat")
-
-
-GRAPHS = {"normal": _graph("normal"), "reduce": _graph("reduce")}
-
-
-def _preprocess(c_pp: int, c_p: int, c: int, reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
+class Preprocess(nn.Module):
     """Bring the two previous cells' outputs to ``c`` channels and the same resolution."""
-    pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
-    return pre0, ReLUConvBN(c_p, c, 1, 1, 0)
 
-
-class DartsSearchCell(nn.Module):
-    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> None:
+    def __init__(self, c_pp: int, c_p: int, c: int, reduction_prev: bool) -> None:
         super().__init__()
-        self.preprocess0, self.preprocess1 = _preprocess(c_pp, c_p, c, reduction_prev)
-        graph = GRAPHS["reduce" if reduction else "normal"]
-        self.edges = nn.ModuleDict()
-        self.inputs = nn.ModuleDict()
-        with label_scope(graph.kind):
-            for e in graph.edges:
-                stride = 2 if reduction and e.src < 2 else 1
-                self.edges[e.key] = LayerChoice(darts_ops(c, stride), label=f"op_{e.src}_{e.dst}")
-            for j in graph.node_ids:
-                self.inputs[str(j)] = InputChoice(j, 2, reduction="sum", label=f"input_{j}")
+        self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for j in range(2, NUM_NODES + 2):
-            states.append(self.inputs[str(j)]([self.edges[f"{i}_{j}"](states[i]) for i in range(j)]))
-        return torch.cat(states[2:], dim=1)
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.pre0(inputs[0]), self.pre1(inputs[1])]
 
 
-class DartsDerivedCell(DerivedCell):
-    """The derived DARTS cell: same preprocessing, only the live edges of the DAG."""
+class Postprocess(nn.Module):
+    """A cell outputs (previous cell, this cell), so that cells chain with two predecessors."""
 
-    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, arch: Architecture) -> None:
-        graph = GRAPHS["reduce" if reduction else "normal"]
-        super().__init__(graph, arch, lambda e: darts_ops(c, 2 if reduction and e.src < 2 else 1))
-        self.preprocess0, self.preprocess1 = _preprocess(c_pp, c_p, c, reduction_prev)
+    def forward(self, this_cell: torch.Tensor, previous: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [previous[-1], this_cell]
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        return self.run_dag([self.preprocess0(s0), self.preprocess1(s1)])
+
+def _edge_op(node: int, op_index: int, input_index: int | None, *, name: str, c: int, reduction: bool) -> nn.Module:
+    """NNI cell op factory: stride 2 on the edges leaving a reduction cell's inputs."""
+    stride = 2 if reduction and (input_index is None or input_index < NUM_PREDECESSORS) else 1
+    return darts_op(name, c, stride)
+
+
+def darts_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> Cell:
+    """One NNI ``Cell`` of the space."""
+    ops = {name: partial(_edge_op, name=name, c=c, reduction=reduction) for name in DARTS_OP_NAMES}
+    return Cell(ops, NUM_NODES, num_ops_per_node=2, num_predecessors=NUM_PREDECESSORS, merge_op="all",
+                preprocessor=Preprocess(c_pp, c_p, c, reduction_prev), postprocessor=Postprocess(),
+                label="reduce" if reduction else "normal")
 
 
 class DartsNet(ClassifierNet):
-    def __init__(self, in_channels: int, channels: int, num_cells: int, num_classes: int, make_cell) -> None:
+    def __init__(self, in_channels: int, channels: int, num_cells: int, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
         c_stem = 3 * channels
@@ -86,7 +69,7 @@ class DartsNet(ClassifierNet):
             reduction = num_cells >= 3 and i in (num_cells // 3, 2 * num_cells // 3)
             if reduction:
                 c *= 2
-            self.cells.append(make_cell(c_pp, c_p, c, reduction, reduction_prev))
+            self.cells.append(darts_cell(c_pp, c_p, c, reduction, reduction_prev))
             reduction_prev = reduction
             c_pp, c_p = c_p, NUM_NODES * c
         self.num_features = c_p
@@ -96,7 +79,7 @@ class DartsNet(ClassifierNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
+            s0, s1 = cell([s0, s1])
         return s1
 
 
@@ -104,21 +87,11 @@ class DartsSpace(ProjectSpace):
     """NNI model space of DARTS cells; defaults are a small CPU smoke size (width 8, 3 cells)."""
 
     name = "darts"
-    hmnas_edge_level = "input"
 
     @classmethod
     def default_args(cls) -> dict[str, Any]:
         return {"in_channels": 1, "input_size": 28, "channels": 8, "num_cells": 3, "num_classes": 10}
 
-    def build(self, arch: Architecture | None) -> DartsNet:
+    def build(self) -> DartsNet:
         a = self.space_args
-        if arch is None:
-            make_cell = DartsSearchCell
-        else:
-            def make_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> nn.Module:
-                return DartsDerivedCell(c_pp, c_p, c, reduction, reduction_prev, arch)
-        return DartsNet(a["in_channels"], a["channels"], a["num_cells"], a["num_classes"], make_cell)
-
-    def cell_graphs(self) -> list[CellGraph]:
-        kinds = {"normal"} | ({"reduce"} if self.space_args["num_cells"] >= 3 else set())
-        return [GRAPHS[k] for k in sorted(kinds)]
+        return DartsNet(a["in_channels"], a["channels"], a["num_cells"], a["num_classes"])

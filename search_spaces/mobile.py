@@ -9,10 +9,7 @@ import torch
 import torch.nn as nn
 from nni.nas.nn.pytorch import LayerChoice
 
-from hmnas_nni.format.architecture import Architecture
-
 from .base import ClassifierNet, ProjectSpace
-from .derived import derived_ops
 from .ops import mobile_ops
 
 # (output channel multiplier, stride) per block; the first block of a stage reduces resolution.
@@ -20,7 +17,7 @@ STAGES = ((1, 1), (1, 1), (2, 2), (2, 1), (4, 2), (4, 1))
 
 
 class MobileNet(ClassifierNet):
-    def __init__(self, in_channels: int, channels: int, num_classes: int, make_block) -> None:
+    def __init__(self, in_channels: int, channels: int, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
@@ -29,7 +26,7 @@ class MobileNet(ClassifierNet):
         c_prev = channels
         for i, (mult, stride) in enumerate(STAGES):
             c = channels * mult
-            blocks.append(make_block(f"block_{i}", mobile_ops(c_prev, c, stride)))
+            blocks.append(LayerChoice(mobile_ops(c_prev, c, stride), label=f"block_{i}"))
             c_prev = c
         self.blocks = nn.Sequential(*blocks)
         self.num_features = 4 * c_prev
@@ -52,12 +49,6 @@ class MobileSpace(ProjectSpace):
     def default_args(cls) -> dict[str, Any]:
         return {"in_channels": 1, "input_size": 28, "channels": 8, "num_classes": 10}
 
-    def build(self, arch: Architecture | None) -> MobileNet:
+    def build(self) -> MobileNet:
         a = self.space_args
-        if arch is None:
-            def make_block(label: str, ops: dict[str, nn.Module]) -> nn.Module:
-                return LayerChoice(ops, label=label)
-        else:
-            def make_block(label: str, ops: dict[str, nn.Module]) -> nn.Module:
-                return derived_ops(arch, label, ops)
-        return MobileNet(a["in_channels"], a["channels"], a["num_classes"], make_block)
+        return MobileNet(a["in_channels"], a["channels"], a["num_classes"])

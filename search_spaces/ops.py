@@ -85,22 +85,26 @@ class PoolBN(nn.Sequential):
         super().__init__(pool, nn.BatchNorm2d(c, affine=affine))
 
 
-def darts_ops(c: int, stride: int) -> dict[str, nn.Module]:
-    """The eight DARTS candidates for an edge with ``c`` channels in and out."""
-    affine = False  # DARTS searches with affine-free BN inside edges
-    return {
-        "none": Zero(c, stride),
-        "max_pool_3x3": PoolBN("max", c, stride, affine),
-        "avg_pool_3x3": PoolBN("avg", c, stride, affine),
-        "skip_connect": nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine),
-        "sep_conv_3x3": SepConv(c, c, 3, stride, 1, affine),
-        "sep_conv_5x5": SepConv(c, c, 5, stride, 2, affine),
-        "dil_conv_3x3": DilConv(c, c, 3, stride, 2, 2, affine),
-        "dil_conv_5x5": DilConv(c, c, 5, stride, 4, 2, affine),
-    }
+DARTS_OP_NAMES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+                  "dil_conv_5x5")
 
 
-DARTS_OPS = tuple(darts_ops(4, 1))
+def darts_op(name: str, c: int, stride: int) -> nn.Module:
+    """One DARTS candidate for an edge with ``c`` channels in and out (DARTS searches with affine-free BN)."""
+    affine = False
+    if name == "max_pool_3x3":
+        return PoolBN("max", c, stride, affine)
+    if name == "avg_pool_3x3":
+        return PoolBN("avg", c, stride, affine)
+    if name == "skip_connect":
+        return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
+    if name in ("sep_conv_3x3", "sep_conv_5x5"):
+        k = int(name[-1])
+        return SepConv(c, c, k, stride, k // 2, affine)
+    if name in ("dil_conv_3x3", "dil_conv_5x5"):
+        k = int(name[-1])
+        return DilConv(c, c, k, stride, k - 1, 2, affine)
+    raise ValueError(f"unknown DARTS op {name!r}; the ops are {DARTS_OP_NAMES}")
 
 
 def nb201_ops(c: int) -> dict[str, nn.Module]:
@@ -113,8 +117,6 @@ def nb201_ops(c: int) -> dict[str, nn.Module]:
         "avg_pool_3x3": nn.AvgPool2d(3, 1, 1, count_include_pad=False),
     }
 
-
-NB201_OPS = tuple(nb201_ops(4))
 
 
 class ResNetBasicBlock(nn.Module):

@@ -140,14 +140,16 @@ def add_show_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from hmnas_nni.nas.rebuild import space_of
     from hmnas_nni.search.plot import describe, plot_architecture
-    from hmnas_nni.spaces import build_space
+    from hmnas_nni.spaces import catalogue
 
     arch = Architecture.load(args.arch)
-    arch.validate(build_space(arch.space, **arch.space_args).catalogue())
+    cat = catalogue(space_of(arch))
+    arch.validate(cat)
     print(describe(arch))
     if args.png:
-        print(f"drew {plot_architecture(arch, args.png)}")
+        print(f"drew {plot_architecture(arch, args.png, cat)}")
     return 0
 
 

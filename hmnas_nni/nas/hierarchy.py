@@ -1,20 +1,27 @@
 """Hierarchical masking rules, applied after every mask update.
 
 1. An edge whose mask is 0 (or whose ops are all masked) removes all its operations.
-2. A node with no live input edge is removed, and so are the edges leaving it.
-3. A cell keeps at least one path from its inputs to its output: if masking would cut every
-   path, the highest-scoring edge is kept (and its best op), and the log says so.
-Choices outside any declared cell graph (chain blocks) always keep at least their best op.
+2. A node with no live input edge is removed, and so are the edges leaving it; an edge whose output
+   feeds nothing that reaches the output is removed too.
+3. A cell (and the whole network) keeps at least one path from its inputs to its output: if masking
+   would cut every path, the highest-scoring edge that reconnects it is kept (and its best op), and the
+   log says so.
+4. A choice outside any graph (a ``LayerChoice`` of a chain, an ``InputChoice``) keeps at least its best entry.
+
+The graphs come from the supernet itself: each NNI ``Cell`` states its own, and the ``LayerChoice`` edges a
+space sums itself are read from the first training forward pass (:class:`~hmnas_nni.nas.dataflow.DataflowProbe`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from typing import Any
 
-from hmnas_nni.format.graph import CellGraph, Edge, liveness
+import torch.nn as nn
 
+from .dataflow import DataflowProbe, Flow, FlowEdge
 from .masks import MaskScores
+from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
 
 _logger = logging.getLogger(__name__)
 
@@ -22,94 +29,160 @@ _logger = logging.getLogger(__name__)
 class Hierarchy:
     """Owns every mask of a supernet and keeps their ``forced`` / ``alive`` / ``live`` state consistent."""
 
-    def __init__(self, graphs: Iterable[CellGraph], op_masks: dict[str, MaskScores],
-                 input_masks: dict[str, MaskScores], edge_masks: dict[str, MaskScores]) -> None:
-        self.graphs = list(graphs)
-        self.op_masks = op_masks
-        self.input_masks = input_masks
-        self.edge_masks = edge_masks
-        in_graph = {e.op_label for g in self.graphs for e in g.edges}
-        self.chain_labels = [label for label in op_masks if label not in in_graph]
-        self.events: list[str] = []
+    def __init__(self, masks: dict[str, MaskScores], keep_one: dict[str, MaskScores], cells: list[Flow],
+                 gated: dict[str, FlowEdge]) -> None:
+        self.masks = masks
+        self.keep_one = keep_one
+        self.cells = cells
+        self.gated = gated
+        self.traced: Flow | None = None
+        self.forced_events = 0
+        self._probe: DataflowProbe | None = None
+        self._reported: set[str] = set()
+
+    # -- building
+    @classmethod
+    def of(cls, supernet: nn.Module) -> Hierarchy:
+        """The masks and graphs of an HM-NAS supernet, found by walking its modules."""
+        masks: dict[str, MaskScores] = {}
+        keep_one: dict[str, MaskScores] = {}
+        cells: dict[str, Flow] = {}
+        gated: dict[str, FlowEdge] = {}
+        for path, module in supernet.named_modules():
+            if isinstance(module, HMNASMixedLayer):
+                masks.setdefault(f"ops:{module.label}", module.op_masks)
+                if module.edge_masks is None:
+                    keep_one.setdefault(module.label, module.op_masks)
+                else:
+                    masks.setdefault(f"edge:{module.label}", module.edge_masks)
+                    gated[path] = FlowEdge(path, module.op_masks, (module.edge_masks, 0))
+            elif isinstance(module, HMNASMixedInput):
+                masks.setdefault(f"inputs:{module.label}", module.edge_masks)
+                keep_one.setdefault(module.label, module.edge_masks)
+            elif isinstance(module, HMNASMixedCell) and module.label not in cells:
+                cells[module.label] = module.dataflow()
+                masks.update(module.named_masks())
+        return cls(masks, keep_one, list(cells.values()), gated)
+
+    def watch(self, supernet: nn.Module) -> None:
+        """Read the graph of the gated ``LayerChoice`` edges from the supernet's next training forward pass."""
+        if self.gated and self.traced is None and self._probe is None:
+            modules = dict(supernet.named_modules())
+            self._probe = DataflowProbe(supernet, {modules[p]: e for p, e in self.gated.items()}, self.set_traced)
+
+    def set_traced(self, flow: Flow) -> None:
+        """Use ``flow`` as the graph of the gated edges (from a probe or a checkpoint) and re-apply the rules."""
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
+        self.traced = flow
+        self.apply()
+
+    def state(self) -> dict[str, Any] | None:
+        """What a checkpoint must carry for a resumed search to apply the same rules: the traced graph."""
+        return self.traced.to_json() if self.traced is not None else None
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.set_traced(Flow.from_json(state, self.gated))
 
     def all_masks(self) -> list[MaskScores]:
-        return [*self.op_masks.values(), *self.input_masks.values(), *self.edge_masks.values()]
+        return list(self.masks.values())
 
+    # -- the rules
     def apply(self) -> list[str]:
         """Recompute what is live from the current scores; return messages for any path kept by force."""
-        messages: list[str] = []
         for m in self.all_masks():
             m.forced.zero_()
             m.alive.fill_(True)
         on = {id(m): m.switched_on() for m in self.all_masks()}
-
-        for label in self.chain_labels:
-            mask = self.op_masks[label]
-            if not any(on[id(mask)]):
-                best = int(mask.scores.detach().argmax())
-                mask.forced[best] = True
-                on[id(mask)][best] = True
-                messages.append(f"choice {label!r}: every op was masked; kept its best op #{best} to keep the path")
-
-        for graph in self.graphs:
-            messages += self._apply_cell(graph, on)
-
+        messages = [f"choice {name!r}: every entry was masked; kept its best entry #{self._keep_best(m, on)}"
+                    for name, m in self.keep_one.items() if not any(on[id(m)])]
+        useful: set[int] = set()  # ids of the FlowEdges that stay
+        flows = self.cells + ([self.traced] if self.traced is not None else [])
+        for flow in flows:
+            kept, forced = self._apply_flow(flow, on)
+            useful |= {id(flow.keys[k]) for k in kept}
+            messages += forced
+        self._mark_dead(flows, useful)
         for m in self.all_masks():
-            state = on[id(m)]
+            forced = m.forced.tolist()
             alive = m.alive.tolist()
-            m.live = [i for i, (o, f, a) in enumerate(zip(state, m.forced.tolist(), alive)) if (o or f) and a]
-        for msg in messages:
-            _logger.warning(msg)
-        self.events += messages
+            m.live = [i for i, (o, f, a) in enumerate(zip(on[id(m)], forced, alive)) if (o or f) and a]
+        self._report(messages)
         return messages
 
-    def _edge_on(self, e: Edge, on: dict[int, list[bool]]) -> bool:
-        ok = any(on[id(self.op_masks[e.op_label])])
-        if e.input_label is not None:
-            ok = ok and on[id(self.input_masks[e.input_label])][e.input_index]
-        if e.op_label in self.edge_masks:
-            ok = ok and on[id(self.edge_masks[e.op_label])][0]
-        return ok
+    @staticmethod
+    def _edge_on(e: FlowEdge, on: dict[int, list[bool]]) -> bool:
+        gate_on = e.gate is None or on[id(e.gate[0])][e.gate[1]]
+        return gate_on and any(on[id(e.ops)])
 
-    def _edge_score(self, e: Edge) -> float:
-        if e.input_label is not None:
-            return float(self.input_masks[e.input_label].scores.detach()[e.input_index])
-        if e.op_label in self.edge_masks:
-            return float(self.edge_masks[e.op_label].scores.detach()[0])
-        return float(self.op_masks[e.op_label].scores.detach().max())
+    @staticmethod
+    def _score(e: FlowEdge) -> float:
+        if e.gate is not None:
+            return float(e.gate[0].scores.detach()[e.gate[1]])
+        return float(e.ops.scores.detach().max())
 
-    def _force(self, e: Edge, on: dict[int, list[bool]]) -> None:
-        ops = self.op_masks[e.op_label]
-        if not any(on[id(ops)]):
-            best = int(ops.scores.detach().argmax())
-            ops.forced[best] = True
-            on[id(ops)][best] = True
-        if e.input_label is not None:
-            self.input_masks[e.input_label].forced[e.input_index] = True
-            on[id(self.input_masks[e.input_label])][e.input_index] = True
-        if e.op_label in self.edge_masks:
-            self.edge_masks[e.op_label].forced[0] = True
-            on[id(self.edge_masks[e.op_label])][0] = True
+    @staticmethod
+    def _keep_best(mask: MaskScores, on: dict[int, list[bool]]) -> int:
+        """Force the highest-scoring entry of ``mask`` on; return its index."""
+        best = int(mask.scores.detach().argmax())
+        mask.forced[best] = True
+        on[id(mask)][best] = True
+        return best
 
-    def _apply_cell(self, graph: CellGraph, on: dict[int, list[bool]]) -> list[str]:
+    def _force(self, e: FlowEdge, on: dict[int, list[bool]]) -> None:
+        if not any(on[id(e.ops)]):
+            self._keep_best(e.ops, on)
+        if e.gate is not None:
+            mask, i = e.gate
+            mask.forced[i] = True
+            on[id(mask)][i] = True
+
+    def _apply_flow(self, flow: Flow, on: dict[int, list[bool]]) -> tuple[set[str], list[str]]:
+        """The edges of ``flow`` that stay (forcing a path back if masking cut every one), and what was forced."""
+        def edge_on(e: FlowEdge) -> bool:
+            return self._edge_on(e, on)
+
         messages = []
-        live = liveness(graph, {e: self._edge_on(e, on) for e in graph.edges})
-        while not live.output_reached:
-            candidates = [e for e in graph.edges if e.src in live.reached and not self._edge_on(e, on)]
+        reached = flow.reached(edge_on)
+        while not flow.output_reached(reached):
+            candidates = flow.frontier(reached, edge_on)
             if not candidates:
-                raise RuntimeError(f"cell {graph.kind!r}: no edge can reconnect its output; is the graph connected?")
-            best = max(candidates, key=self._edge_score)
+                raise RuntimeError(f"{flow.name}: no edge can reconnect its output; is the graph connected?")
+            best = max(candidates, key=self._score)
             self._force(best, on)
-            messages.append(f"cell {graph.kind!r}: masking cut every path from inputs to output; "
-                            f"kept edge {best.src}->{best.dst} ({best.op_label}), its highest-scoring edge")
-            live = liveness(graph, {e: self._edge_on(e, on) for e in graph.edges})
-        live_set = set(live.live_edges)
-        for e in graph.edges:
-            if e in live_set:
-                continue
-            self.op_masks[e.op_label].alive.fill_(False)
-            if e.input_label is not None:
-                self.input_masks[e.input_label].alive[e.input_index] = False
-            if e.op_label in self.edge_masks:
-                self.edge_masks[e.op_label].alive.fill_(False)
-        return messages
+            messages.append(f"{flow.name}: masking cut every path from inputs to output; kept edge {best.key}, "
+                            "its highest-scoring edge")
+            reached = flow.reached(edge_on)
+        return flow.useful(reached), messages
+
+    @staticmethod
+    def _mark_dead(flows: list[Flow], useful: set[int]) -> None:
+        """Switch off every mask entry used only by edges that do not stay (an edge used twice stays if either does)."""
+        ops_alive: dict[int, bool] = {}
+        gates_alive: dict[tuple[int, int], bool] = {}
+        entries: dict[int, MaskScores] = {}
+        for flow in flows:
+            for e in flow.edges:
+                keep = id(e) in useful
+                ops_alive[id(e.ops)] = ops_alive.get(id(e.ops), False) or keep
+                entries[id(e.ops)] = e.ops
+                if e.gate is not None:
+                    key = (id(e.gate[0]), e.gate[1])
+                    gates_alive[key] = gates_alive.get(key, False) or keep
+                    entries[id(e.gate[0])] = e.gate[0]
+        for mid, alive in ops_alive.items():
+            if not alive:
+                entries[mid].alive.fill_(False)
+        for (mid, i), alive in gates_alive.items():
+            if not alive:
+                entries[mid].alive[i] = False
+
+    def _report(self, messages: list[str]) -> None:
+        """Log each distinct forced-path message once (the rules run after every step)."""
+        self.forced_events += len(messages)
+        for msg in messages:
+            if msg not in self._reported:
+                self._reported.add(msg)
+                _logger.warning(msg)

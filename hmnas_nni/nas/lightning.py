@@ -79,6 +79,13 @@ class HMNASLightningModule(DartsLightningModule):
         self.hierarchy.apply()
         return super().on_fit_start()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints carry the traced dataflow, so a resumed search applies the same hierarchy rules."""
+        checkpoint["hmnas_dataflow"] = self.hierarchy.state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.hierarchy.load_state(checkpoint.get("hmnas_dataflow"))
+
     def masks_training(self) -> bool:
         """Masks learn during the masking phase, except in its last ``settle_epochs`` (if it has more epochs)."""
         epoch, last = self.trainer.current_epoch, self.trainer.max_epochs

@@ -1,8 +1,8 @@
 """Binary masks with real-valued scores: ``m = 1[s >= tau]`` forward, straight-through backward.
 
-One :class:`MaskScores` per choice label holds the scores of all its entries (the K ops of a
-``LayerChoice``, the N inputs of an ``InputChoice``, or the single gate of an edge). Modules that
-share a label share the object, as NNI's DARTS shares ``alpha``.
+One :class:`MaskScores` per choice holds the scores of all its entries (the K ops of a ``LayerChoice``
+or of a cell edge, the N inputs of an ``InputChoice`` or of a cell node, or the single gate of an edge).
+Modules that share a label share the object, as NNI's DARTS shares ``alpha``.
 """
 
 from __future__ import annotations
@@ -57,3 +57,16 @@ class MaskScores(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.scores.numel()}, tau={self.tau}, live={self.live}"
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, live: list[int]) -> torch.Tensor:
+    """Softmax of ``logits`` over the ``live`` entries, times their (straight-through) binary masks.
+
+    The mask multiplies the numerator only: its value is 1 on live entries, and its gradient is the
+    entry's own contribution ``a_k * <dL/dout, op_k(x)>``. Inside the normaliser it would instead
+    measure each entry against the mixture's average, which always condemns some entry of every
+    choice and drifts every edge to a single op (a top-1 rule by another name).
+    """
+    idx = torch.tensor(live, device=logits.device)
+    z = logits.index_select(0, idx)
+    return mask.index_select(0, idx) * torch.softmax(z, dim=0)

@@ -2,30 +2,34 @@
 
     from nni.nas.experiment import NasExperiment
     from hmnas_nni import HMNAS
-    NasExperiment(model_space, evaluator, HMNAS()).run()
+    experiment = NasExperiment(model_space, evaluator, HMNAS())
+    experiment.run()
+    net = experiment.export_top_models(formatter="instance")[0]   # the derived network, supernet weights kept
+    arch = experiment.export_top_models(formatter="dict")[0]      # its multi-level architecture
 
-The strategy turns every ``LayerChoice`` / ``InputChoice`` of the space into an HM-NAS
-supermodule, trains the supernet with :class:`HMNASLightningModule`, and exports the
-multi-level architecture: every kept op and input with its learned weight, no top-k.
+The strategy turns every ``LayerChoice``, ``InputChoice`` and ``Cell`` of the space into an HM-NAS
+supermodule, trains the supernet with :class:`HMNASLightningModule`, and exports the multi-level
+architecture: every kept op and input with its learned weight, no top-k.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
-import torch
 import torch.nn as nn
-from nni.mutable import Categorical, CategoricalMultiple
-from nni.nas.nn.pytorch import ModelSpace
-from nni.nas.oneshot.pytorch.strategy import DARTS
+from nni.mutable import frozen_context
+from nni.nas.nn.pytorch import Cell, InputChoice, ModelSpace
+from nni.nas.oneshot.pytorch.strategy import DARTS, _submodule_tree_map
 from nni.nas.space import ModelStatus, RawFormatModelSpace
 
 from .defaults import DEFAULTS
+from .derive import derive_network
 from .hierarchy import Hierarchy
 from .lightning import HMNASLightningModule
-from .masks import MaskScores
-from .supermodules import HMNASMixedInput, HMNASMixedLayer, unsupported_mutable_hook
+from .samples import architecture_from_export
+from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer, unsupported_mutable_hook
 
 EDGE_LEVELS = ("auto", "input", "layer", "none")
 
@@ -47,9 +51,10 @@ class HMNAS(DARTS):
         Last epochs of the masking phase with the masks fixed (weights and ``alpha``/``beta`` still train), so
         BatchNorm statistics settle on the architecture that is exported.
     edge_level
-        Where edges live: ``"input"`` (each ``InputChoice`` candidate is an edge), ``"layer"`` (each
-        ``LayerChoice`` is an edge with its own gate, for cells that sum their edges), ``"none"`` (chains),
-        or ``"auto"``: the space's ``hmnas_edge_level`` attribute, else ``"input"`` when it has input choices.
+        Where the edges of ``LayerChoice``s outside cells live: ``"input"`` (each ``InputChoice`` candidate is
+        an edge), ``"layer"`` (each ``LayerChoice`` is an edge with its own gate, for cells that sum their edges),
+        ``"none"`` (chains), or ``"auto"``: the space's ``hmnas_edge_level`` attribute, else ``"input"`` when it has
+        input choices outside cells, else ``"layer"``. NNI ``Cell``s always have both levels.
     """
 
     def __init__(self, *, arc_learning_rate: float = DEFAULTS.arc_learning_rate,
@@ -60,12 +65,12 @@ class HMNAS(DARTS):
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, **kwargs: Any) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
-        if tau <= 0:
+        if not tau > 0:
             raise ValueError(f"tau (mask threshold) must be > 0, got {tau}")
-        if mask_init < tau:
+        if not mask_init >= tau:
             raise ValueError(f"mask_init ({mask_init}) must be >= tau ({tau}) so every op starts switched on")
-        if sparsity < 0:
-            raise ValueError(f"sparsity weight must be >= 0, got {sparsity}")
+        if not 0 <= sparsity < float("inf"):
+            raise ValueError(f"sparsity weight must be finite and >= 0, got {sparsity}")
         if edge_level not in EDGE_LEVELS:
             raise ValueError(f"edge_level must be one of {EDGE_LEVELS}, got {edge_level!r}")
         for name, value in (("warmup_epochs", warmup_epochs), ("arch_epochs", arch_epochs),
@@ -80,52 +85,39 @@ class HMNAS(DARTS):
         self.settle_epochs = settle_epochs
         self.edge_level = edge_level
         self.hierarchy: Hierarchy | None = None
-        self._masks: dict[str, Any] = {}
         self._resolved_edge_level = "input"
 
     # -- supernet
     def default_mutation_hooks(self):
-        return [HMNASMixedLayer.mutate, HMNASMixedInput.mutate, unsupported_mutable_hook]
+        return [HMNASMixedCell.mutate, HMNASMixedLayer.mutate, HMNASMixedInput.mutate, unsupported_mutable_hook]
 
-    def resolve_edge_level(self, model: ModelSpace) -> str:
+    def resolve_edge_level(self, model: nn.Module) -> str:
         if self.edge_level != "auto":
             return self.edge_level
         declared = getattr(model, "hmnas_edge_level", None)
         if declared:
             return declared
-        has_inputs = any(isinstance(m, CategoricalMultiple) for m in model.simplify().values())
-        return "input" if has_inputs else "layer"
+        return "input" if any(type(m) is InputChoice for m in _outside_cells(model)) else "layer"
 
     def mutate_model(self, model):
+        """Turn ``model`` into an HM-NAS supernet in place, then set up its hierarchy of masks."""
         if not isinstance(model, ModelSpace):
             raise TypeError(f"HMNAS searches an NNI ModelSpace; got {type(model).__name__}")
         self._resolved_edge_level = self.resolve_edge_level(model)
-        op_masks: dict[str, MaskScores] = {}
-        input_masks: dict[str, MaskScores] = {}
-        edge_masks: dict[str, MaskScores] = {}
-        self._masks = {}
-        for label, mutable in model.simplify().items():
-            if isinstance(mutable, CategoricalMultiple):
-                input_masks[label] = self._masks[f"{label}#edges"] = MaskScores(len(mutable.values), self.mask_init,
-                                                                                self.tau)
-            elif isinstance(mutable, Categorical):
-                op_masks[label] = self._masks[f"{label}#ops"] = MaskScores(len(mutable.values), self.mask_init,
-                                                                           self.tau)
-                if self._resolved_edge_level == "layer":
-                    edge_masks[label] = self._masks[f"{label}#edge"] = MaskScores(1, self.mask_init, self.tau)
-                    self._masks[f"{label}#gate"] = nn.Parameter(torch.full((1,), 2.0))  # sigmoid(2) = 0.88: open
-        graphs = model.cell_graphs() if hasattr(model, "cell_graphs") else []
-        self.hierarchy = Hierarchy(graphs, op_masks, input_masks, edge_masks)
-        model = super().mutate_model(model)  # creates alpha/beta per label, then runs the hooks
+        hooks = self.extra_mutation_hooks + list(getattr(model, "extra_oneshot_hooks", lambda s: [])(self)) \
+            + self.default_mutation_hooks()
+        self._mutation_hooks_memo = {}
+        with frozen_context():  # as NNI's OneShotStrategy.mutate_model; DARTS's own one would make every alpha
+            _submodule_tree_map("", model, partial(self._execute_mutation_hooks, hooks=hooks))
+        self._mutation_hooks_memo = {}
+        self.hierarchy = Hierarchy.of(model)
         self.hierarchy.apply()
+        self.hierarchy.watch(model)
         return model
 
     def run_hook(self, hook, name: str, module: nn.Module, memo: dict[str, Any]):
-        if not memo.get("_validated"):
-            memo.update(self._arch_parameters)
-            memo.update(self._masks)
-            memo["_validated"] = True
-        return hook(module, name, memo, {"edge_level": self._resolved_edge_level})
+        settings = {"edge_level": self._resolved_edge_level, "tau": self.tau, "mask_init": self.mask_init}
+        return hook(module, name, memo, settings)
 
     # -- search
     def configure_oneshot_module(self, training_module) -> HMNASLightningModule:
@@ -141,13 +133,25 @@ class HMNAS(DARTS):
 
     # -- export
     def export_architecture(self) -> dict[str, Any]:
-        """The multi-level architecture: ``{label: [{"op"|"input", "weight"}]}`` for every choice."""
+        """The multi-level architecture: ``{label: [{"op"|"input", "weight"}]}``, ``{cell: {node: [...]}}``."""
         return self.oneshot_module.export()
 
     def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
-        """Yield the derived model: its ``sample`` is the multi-level architecture (NNI's ``formatter='dict'``)."""
+        """Yield the derived model: ``formatter='instance'`` gives the derived network with the supernet's
+        weights, ``formatter='dict'`` its multi-level architecture (``{label: kept entries}``)."""
         self.oneshot_module.set_model(self.supernet)
-        model = RawFormatModelSpace(self.supernet, None)
-        model.sample = self.export_architecture()
+        sample = self.export_architecture()
+        model = RawFormatModelSpace(derive_network(self.supernet, architecture_from_export(sample, self.supernet)),
+                                    None)
+        model.sample = sample
         model.status = ModelStatus.Frozen
         yield model
+
+
+def _outside_cells(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module of ``model`` that is not inside an NNI ``Cell``."""
+    for child in model.children():
+        if isinstance(child, (Cell, HMNASMixedCell)):
+            continue
+        yield child
+        yield from _outside_cells(child)

@@ -296,8 +296,5 @@ def arch_digest(pl_module: pl.LightningModule) -> dict[str, Any]:
     hierarchy = getattr(pl_module, "hierarchy", None)
     live = {}
     if hierarchy is not None:
-        for kind, masks in (("ops", hierarchy.op_masks), ("inputs", hierarchy.input_masks),
-                            ("edges", hierarchy.edge_masks)):
-            for label, m in masks.items():
-                live[f"{kind}:{label}"] = list(m.live)
+        live = {name: list(m.live) for name, m in hierarchy.masks.items()}
     return {"arch_sha256": h.hexdigest(), "arch_tensors": len(arch), "live": live}

@@ -41,8 +41,10 @@ from torch.utils.data import TensorDataset
 
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.nas.defaults import DEFAULTS
-from hmnas_nni.nas.materialize import materialize, supernet_state
-from hmnas_nni.spaces import SPACES, ProjectSpace, build_space
+from hmnas_nni.nas.derive import network_weights
+from hmnas_nni.nas.rebuild import derived_of
+from hmnas_nni.nas.samples import architecture_of
+from hmnas_nni.spaces import build_space, catalogue, data_args, fit_input, space_factory, space_identity
 
 from .data import DATASETS, DatasetInfo, load_dataset, search_splits
 from .evaluation import accuracy, count_parameters
@@ -102,8 +104,7 @@ class SearchConfig:
 
     def validate(self) -> SearchConfig:
         """Raise ``ValueError`` with one line naming the bad field and what it accepts."""
-        if self.space not in SPACES:
-            raise ValueError(f"unknown space {self.space!r}; choose one of {sorted(SPACES)}")
+        space_factory(self.space)  # a project space name or an importable NNI model space, else a one-line error
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
         if self.strategy not in STRATEGIES:
@@ -192,15 +193,9 @@ def make_strategy(config: SearchConfig):
     return RandomOneShot()  # NNI's RandomOneShot has no warm-up
 
 
-def to_architecture(sample: dict[str, Any], space: ProjectSpace, strategy: str) -> Architecture:
+def to_architecture(sample: dict[str, Any], space: nn.Module, strategy: str) -> Architecture:
     """An exported sample as an architecture document: HM-NAS's multi-level form or NNI's ``{label: choice}``."""
-    catalogue = space.catalogue()
-    if strategy == "hmnas":
-        ops = {k: v for k, v in sample.items() if catalogue[k].kind == "op"}
-        inputs = {k: v for k, v in sample.items() if catalogue[k].kind == "input"}
-        arch = Architecture(space.name, dict(space.space_args), ops, inputs, strategy=strategy)
-        return arch.validate(catalogue)
-    return Architecture.from_nni_sample(sample, space.name, dict(space.space_args), strategy, catalogue)
+    return architecture_of(sample, space, strategy, getattr(space, "hmnas_input_shape", None))
 
 
 def atomic_write_json(path: Path, doc: Any) -> None:
@@ -253,7 +248,7 @@ class SearchMonitor(pl.Callback):
     with hashes of its architecture parameters and its masks' live lists, to check that ranks agree.
     """
 
-    def __init__(self, config: SearchConfig, space: ProjectSpace, val_data, on_epoch_end=None) -> None:
+    def __init__(self, config: SearchConfig, space: nn.Module, val_data, on_epoch_end=None) -> None:
         self.config = config
         self.space = space
         self.val_data = val_data
@@ -324,15 +319,15 @@ class SearchMonitor(pl.Callback):
     def evaluate(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         supernet = pl_module.training_module.model
         device = next(supernet.parameters()).device
-        arch = to_architecture(pl_module.export(), self.space, self.config.strategy)
+        arch = to_architecture(pl_module.export(), supernet, self.config.strategy)
         self.last_arch = arch
-        derived = materialize(arch, supernet).to(device)
+        derived = derived_of(supernet, arch).to(device)
         was_training = supernet.training
         supernet.eval()
         supernet_acc = accuracy(supernet, self.val_data, self.config.batch_size, device)
         supernet.train(was_training)
         derived_acc = accuracy(derived.eval(), self.val_data, self.config.batch_size, device)
-        total_ops = sum(len(s.candidates) for s in self.space.catalogue().values() if s.kind == "op")
+        total_ops = candidate_ops(self.space)
         return {
             "supernet_val_acc": supernet_acc,
             "derived_val_acc": derived_acc,
@@ -355,10 +350,10 @@ def _tensors(batch: Any) -> list[torch.Tensor]:
     return []
 
 
-def write_metrics(out: Path, config: SearchConfig, space: ProjectSpace, history: list[dict[str, Any]],
+def write_metrics(out: Path, config: SearchConfig, space: nn.Module, history: list[dict[str, Any]],
                   status: str, final: dict[str, Any] | None = None, error: str | None = None) -> None:
     """``out/metrics.json``: config, per-epoch history so far, run status (and final metrics once done)."""
-    summary: dict[str, Any] = {"config": asdict(config), "space_args": space.space_args, "status": status}
+    summary: dict[str, Any] = {"config": asdict(config), "space_args": space_identity(space)[1], "status": status}
     if error:
         summary["error"] = error
     if final is not None:
@@ -372,7 +367,19 @@ def _is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
-def search_inputs(config: SearchConfig) -> tuple[ProjectSpace, TensorDataset, TensorDataset, DatasetInfo]:
+def candidate_ops(space: nn.Module) -> int:
+    """Every candidate op of a space: per op choice, and per edge of every cell."""
+    total = 0
+    for spec in catalogue(space).values():
+        if spec.kind == "op":
+            total += len(spec.candidates)
+        elif spec.kind == "cell":
+            edges = sum(i for i in spec.node_ids())
+            total += edges * len(spec.candidates)
+    return total
+
+
+def search_inputs(config: SearchConfig) -> tuple[nn.Module, TensorDataset, TensorDataset, DatasetInfo]:
     """The space and the two data halves a search of ``config`` uses (space size taken from the data)."""
     train, _test, info = load_dataset(config.dataset, config.data_root)
     train_split, val_split = search_splits(train, config.subset, config.seed)
@@ -381,11 +388,9 @@ def search_inputs(config: SearchConfig) -> tuple[ProjectSpace, TensorDataset, Te
             raise ValueError(f"the {name} half of the data has {len(split)} images, fewer than one batch "
                              f"(--batch-size {config.batch_size}); raise --subset or lower --batch-size")
     from_data = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes}
-    for key, value in from_data.items():
-        if key in config.space_args and config.space_args[key] != value:
-            raise ValueError(f"space_args {key}={config.space_args[key]!r} does not fit {config.dataset} "
-                             f"({key}={value}); leave {key} out of --space-args, it is taken from the data")
-    space = build_space(config.space, **{**from_data, **config.space_args})
+    shape = (info.in_channels, info.input_size, info.input_size)
+    space = fit_input(build_space(config.space, **data_args(config.space, config.space_args, from_data)), shape)
+    space.hmnas_input_shape = list(shape)
     return space, train_split, val_split, info
 
 
@@ -468,7 +473,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     try:
         from .plot import plot_architecture
 
-        plot_architecture(arch, out / "cells.png")
+        plot_architecture(arch, out / "cells.png", catalogue(space))
     except Exception as e:  # a drawing never costs the search its results
         _logger.warning("could not draw the cells: %s", e)
     return final
@@ -487,8 +492,7 @@ def _save_supernet(supernet: nn.Module, path: Path) -> None:
     """The supernet body's weights and BN statistics (architecture parameters live in the checkpoint)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in supernet_state(supernet).items()
-             if "_arch_alpha" not in k and "_edge_gate" not in k and "masks." not in k}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in network_weights(supernet).items()}
     fd, tmp = tempfile.mkstemp(prefix=".supernet.", dir=path.parent)
     os.close(fd)
     save_file(state, tmp)

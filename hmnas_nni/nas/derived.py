@@ -1,0 +1,124 @@
+"""Plain PyTorch modules that hold what a derived architecture kept, and nothing else.
+
+Each replaces one relaxed module of the supernet in the derived network and computes exactly what
+the masked supernet computed there (same ops, same weights, same order of sums), with no NNI class
+and no architecture parameter inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from nni.nas.nn.pytorch.cell import preprocess_cell_inputs
+
+
+class KeptOps(nn.Module):
+    """The ops an architecture kept on one edge (or ``LayerChoice``), summed with their learned weights."""
+
+    def __init__(self, ops: dict[str, nn.Module], weights: list[float]) -> None:
+        super().__init__()
+        if not ops or len(ops) != len(weights):
+            raise ValueError(f"KeptOps needs one weight per kept op, got {len(ops)} ops and {len(weights)} weights")
+        self.ops = nn.ModuleDict(ops)
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        k = 0
+        for op in self.ops.values():
+            y = op(x) * self.weights[k]
+            out = y if k == 0 else out + y
+            k += 1
+        return out
+
+
+class RemovedEdge(nn.Module):
+    """A removed edge: zeros shaped like the edge's output, so the sum it fed is unchanged.
+
+    The shape follows the input as the edge's output did in the supernet: fixed channels, spatial
+    sizes scaled by the same ratio (``ceil``, as strided convolutions and pooling round).
+    """
+
+    def __init__(self, in_shape: list[int], out_shape: list[int]) -> None:
+        super().__init__()
+        if len(in_shape) != len(out_shape) or len(out_shape) < 2:
+            raise ValueError(f"RemovedEdge needs input and output shapes of one rank, got {in_shape} -> {out_shape}")
+        self.channels: int = int(out_shape[1])
+        self.size_in: list[int] = [int(d) for d in in_shape[2:]]
+        self.size_out: list[int] = [int(d) for d in out_shape[2:]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [x.shape[0], self.channels]
+        for d in range(len(self.size_in)):
+            shape.append((x.shape[d + 2] * self.size_out[d] + self.size_in[d] - 1) // self.size_in[d])
+        return x.new_zeros(shape)
+
+
+class KeptInputs(nn.Module):
+    """The inputs an architecture kept at one ``InputChoice``, summed with their learned weights."""
+
+    def __init__(self, indices: list[int], weights: list[float]) -> None:
+        super().__init__()
+        if not indices or len(indices) != len(weights):
+            raise ValueError(f"KeptInputs needs one weight per kept input, got {indices} and {weights}")
+        self.indices: list[int] = [int(i) for i in indices]
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    def forward(self, candidate_inputs: list[torch.Tensor]) -> torch.Tensor:
+        out = candidate_inputs[self.indices[0]] * self.weights[0]
+        for k in range(1, len(self.indices)):
+            out = out + candidate_inputs[self.indices[k]] * self.weights[k]
+        return out
+
+
+class DerivedCell(nn.Module):
+    """An NNI ``Cell`` holding only the edges and ops an architecture kept.
+
+    Called as NNI's ``Cell`` is (a list of predecessors, or the tensors themselves). A removed node takes no
+    input and feeds nothing; in the cell's concatenation it is zeros, so the output keeps the shape the
+    following layers were trained on.
+    """
+
+    def __init__(self, preprocessor: nn.Module, postprocessor: nn.Module, num_predecessors: int, num_nodes: int,
+                 concat_dim: int, edges: list[tuple[int, int, KeptOps]]) -> None:
+        super().__init__()
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self.num_predecessors = num_predecessors
+        self.num_nodes = num_nodes
+        self.concat_dim = concat_dim
+        order = sorted(range(len(edges)), key=lambda k: (edges[k][0], edges[k][1]))
+        self.edge_dst = [edges[k][0] for k in order]
+        self.edge_src = [edges[k][1] for k in order]
+        self.edges = nn.ModuleList([edges[k][2] for k in order])
+        alive = set(self.edge_dst)
+        self.node_alive = [i in alive for i in range(num_predecessors, num_predecessors + num_nodes)]
+        if not any(self.node_alive):
+            raise ValueError("a derived cell needs at least one node with a kept input edge")
+
+    def forward(self, *inputs: Any) -> Any:
+        processed = preprocess_cell_inputs(self.num_predecessors, *inputs)
+        states: list[torch.Tensor | None] = list(self.preprocessor(processed))
+        states += [None] * self.num_nodes
+        for dst, src, edge in zip(self.edge_dst, self.edge_src, self.edges):
+            y = edge(states[src])
+            states[dst] = y if states[dst] is None else states[dst] + y
+        nodes = states[self.num_predecessors:]
+        ref = next(s for s in nodes if s is not None)
+        this_cell = torch.cat([s if s is not None else torch.zeros_like(ref) for s in nodes], self.concat_dim)
+        return self.postprocessor(this_cell, processed)
+
+
+class Blocks(nn.Module):
+    """A fixed stack of blocks (what an NNI ``Repeat`` keeps), applied in order."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Any) -> Any:
+        for block in self.blocks:
+            x = block(x)
+        return x

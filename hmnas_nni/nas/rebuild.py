@@ -1,0 +1,82 @@
+"""A derived network from files alone: ``arch.json`` and, optionally, a one-shot supernet's weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from hmnas_nni.format.architecture import Architecture, ArchitectureError
+from hmnas_nni.spaces.catalogue import catalogue
+from hmnas_nni.spaces.registry import SPACES, build_space, fit_input
+
+from .derive import derive_network, load_network_weights
+from .strategy import HMNAS
+from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
+
+
+def space_of(arch: Architecture) -> nn.Module:
+    """The model space ``arch`` was searched on, adapted to its input shape as the search adapted it."""
+    space = build_space(arch.space, **arch.space_args)
+    shape = input_shape_of(arch)
+    return fit_input(space, tuple(shape)) if shape is not None else space
+
+
+def supernet_of(arch: Architecture) -> nn.Module:
+    """A fresh HM-NAS supernet of the space ``arch`` was searched on, checked against the architecture."""
+    space = space_of(arch)
+    arch.validate(catalogue(space))
+    HMNAS().mutate_model(space)
+    return space
+
+
+def network_from_architecture(arch: Architecture, weights: Mapping[str, torch.Tensor] | None = None,
+                              where: str = "supernet weights") -> nn.Module:
+    """The network ``arch`` describes; with ``weights`` (the state dict of any one-shot supernet of that space:
+    HM-NAS's or an NNI strategy's) it inherits them, else it is freshly initialised."""
+    supernet = supernet_of(arch)
+    if weights is not None:
+        load_network_weights(supernet, weights, where)
+    _record_edge_shapes(supernet, arch)
+    net = derive_network(supernet, arch)
+    net.train()
+    return net
+
+
+def input_shape_of(arch: Architecture) -> list[int] | None:
+    """The input shape ``arch`` was searched at: recorded, or (older documents) read from a project space's args."""
+    if arch.input_shape is not None:
+        return list(arch.input_shape)
+    a = arch.space_args
+    if arch.space in SPACES and "in_channels" in a and "input_size" in a:
+        return [a["in_channels"], a["input_size"], a["input_size"]]
+    return None
+
+
+def _record_edge_shapes(supernet: nn.Module, arch: Architecture) -> None:
+    """Run the supernet once (batch 1, eval mode) so removed edges know the shape of zeros they stand for."""
+    shape = input_shape_of(arch)
+    if shape is None:
+        if any(not entries for entries in arch.ops.values()):
+            raise ArchitectureError("architecture removes edges but records no input_shape, so their output shape "
+                                    "is unknown; write it with `hmnas search` (which records the input shape)")
+        return
+    supernet.eval()
+    with torch.no_grad():
+        supernet(torch.zeros(1, *shape))
+
+
+def is_hmnas_supernet(supernet: nn.Module) -> bool:
+    """Whether ``supernet`` was made by HMNAS (rather than by another one-shot strategy)."""
+    return any(isinstance(m, (HMNASMixedLayer, HMNASMixedInput, HMNASMixedCell)) for m in supernet.modules())
+
+
+def derived_of(supernet: nn.Module, arch: Architecture) -> nn.Module:
+    """The derived network of ``arch`` with the weights of ``supernet``: cut out of an HM-NAS supernet, or, for
+    any other one-shot strategy's supernet, rebuilt as HM-NAS would and given that supernet's weights."""
+    if is_hmnas_supernet(supernet):
+        return derive_network(supernet, arch)
+    device = next(supernet.parameters()).device
+    weights = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
+    return network_from_architecture(arch, weights, where=f"{type(supernet).__name__} supernet weights").to(device)
