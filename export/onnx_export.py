@@ -92,7 +92,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: tuple[int,
         with contextlib.redirect_stdout(log), _quiet_exporter_logs(), torch.no_grad():
             program = torch.onnx.export(
                 model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                dynamo=True, dynamic_shapes={"x": {0: batch}}, external_data=False, verbose=False,
+                dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - exporter errors come in many classes; all end here
         op = _unsupported_operator(e)

@@ -1,0 +1,154 @@
+"""HMNAS on NNI users' spaces, through NNI's own API: searched by ``NasExperiment``, derived with
+``export_top_models(formatter="instance")``, zero gap against the masked supernet, no NNI mutable left,
+ONNX parity. The spaces are small models of our own built from NNI's primitives, and NNI's hub spaces."""
+
+from __future__ import annotations
+
+import warnings
+
+import nni
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.experiment import NasExperiment
+from nni.nas.hub.pytorch import DARTS, ENAS, NasBench201
+from nni.nas.nn.pytorch import Cell, InputChoice, LayerChoice, ModelSpace, MutableModule
+from torch.utils.data import TensorDataset
+
+from hmnas_nni import HMNAS
+from hmnas_nni.export.onnx_export import export_onnx, ort_session
+from hmnas_nni.search.data import load_dataset, search_splits
+
+warnings.filterwarnings("ignore")
+
+
+class LayerChoiceNet(ModelSpace):
+    """A chain of convolutions, two of them LayerChoices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.choice1 = LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "conv5": nn.Conv2d(8, 8, 5, padding=2),
+                                    "pool": nn.MaxPool2d(3, 1, 1)}, label="choice1")
+        self.choice2 = LayerChoice([nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 1)), nn.Identity()], label="choice2")
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.choice2(torch.relu(self.choice1(self.stem(x)))))
+
+
+class CellNet(ModelSpace):
+    """Two NNI Cells (two predecessors, 3 nodes, merge all) between a stem and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        ops = {"conv": nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)),
+               "pool": nn.AvgPool2d(3, 1, 1), "skip": nn.Identity()}
+        self.cell1 = Cell(ops, num_nodes=3, num_ops_per_node=2, num_predecessors=2, label="cell1")
+        self.reduce = nn.Conv2d(24, 8, 1)
+        self.cell2 = Cell(ops, num_nodes=3, num_ops_per_node=1, num_predecessors=1, label="cell2")
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.head(self.cell2(self.reduce(self.cell1([s, s]))))
+
+
+class MixedChoiceNet(ModelSpace):
+    """LayerChoices and an InputChoice outside any cell: a node that sums any of three branches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branches = nn.ModuleList([LayerChoice([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)],
+                                                   label=f"branch{i}") for i in range(3)])
+        self.node = InputChoice(3, 2, reduction="sum", label="node")
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.head(self.node([b(s) for b in self.branches]))
+
+
+SPACES = {
+    "layerchoice-net": LayerChoiceNet,
+    "cell-net": CellNet,
+    "mixed-choice-net": MixedChoiceNet,
+    "hub-nasbench201": lambda: NasBench201(stem_out_channels=4, num_modules_per_stack=1, num_labels=10),
+    "hub-darts": lambda: DARTS(width=4, num_cells=3, dataset="cifar"),
+    "hub-enas": lambda: ENAS(width=4, num_cells=3, dataset="cifar"),
+}
+
+
+@pytest.fixture(scope="module")
+def digits_rgb():
+    """Real data at test size: scikit-learn digits (8x8), grey repeated to RGB for the spaces' colour stems."""
+    train, _, _ = load_dataset("digits")
+    halves = search_splits(train, 256, 0)
+    return [TensorDataset(d.tensors[0].repeat(1, 3, 1, 1), d.tensors[1]) for d in halves]
+
+
+def _search(space: nn.Module, data, tmp_path) -> NasExperiment:
+    evaluator = Classification(train_dataloaders=DataLoader(data[0], batch_size=32),
+                               val_dataloaders=DataLoader(data[1], batch_size=32), max_epochs=3, num_classes=10,
+                               enable_progress_bar=False, logger=False, enable_checkpointing=False)
+    strategy = HMNAS(warmup_epochs=0, arch_epochs=1, settle_epochs=1, mask_learning_rate=2e-2, sparsity=0.5)
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str(tmp_path)
+    experiment.run()
+    return experiment
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_searched_and_derived_through_nni_with_zero_gap(name, digits_rgb, tmp_path, one_thread):
+    torch.manual_seed(0)
+    experiment = _search(SPACES[name](), digits_rgb, tmp_path)
+    try:
+        net = experiment.export_top_models(formatter="instance")[0]
+        sample = experiment.export_top_models(formatter="dict")[0]
+        supernet = experiment.strategy.supernet
+    finally:
+        experiment.stop()
+    assert sample and all(isinstance(v, (list, dict)) for v in sample.values())
+    assert not any(isinstance(m, MutableModule) and m.mutables for m in net.modules())
+    assert not any(type(m).__module__.startswith("nni.nas.oneshot") for m in net.modules())
+    x = digits_rgb[1].tensors[0][:16]
+    supernet.eval()
+    net.eval()
+    with torch.no_grad():
+        expected, got = supernet(x), net(x)
+    assert (expected - got).abs().max() <= 1e-5
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in supernet.parameters())
+
+    path = export_onnx(net, tmp_path / "model.onnx", tuple(x.shape[1:]))
+    onnx_out = ort_session(path).run(None, {"input": x.numpy()})[0]
+    assert np.abs(onnx_out - got.numpy()).max() <= 1e-4
+
+
+class Unrelaxable(MutableModule):
+    """A user's own choice primitive that no one-shot strategy knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.width = self.add_mutable(nni.choice("my_width", [4, 8]))
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class CustomOpNet(ModelSpace):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Unrelaxable()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def test_a_primitive_hmnas_does_not_relax_is_named():
+    with pytest.raises(TypeError, match=r"does not support module 'block' of type Unrelaxable"):
+        HMNAS().mutate_model(CustomOpNet())
