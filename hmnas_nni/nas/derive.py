@@ -65,6 +65,7 @@ def _replace(module: nn.Module, arch: Architecture) -> None:
                 raise TypeError(f"{type(child).__name__} at {name!r} is not an HM-NAS supermodule; derive networks "
                                 "from a supernet made by HMNAS (network_from_architecture loads other weights)")
             new = child.derive(arch)
+            new = plain_module(new) or new
         else:
             new = plain_module(child)
         if new is not None:

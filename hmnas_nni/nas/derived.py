@@ -37,20 +37,21 @@ class KeptOps(nn.Module):
 class RemovedEdge(nn.Module):
     """A removed edge: zeros shaped like the edge's output, so the sum it fed is unchanged.
 
-    The shape follows the input as the edge's output did in the supernet: fixed channels, spatial
-    sizes scaled by the same ratio (``ceil``, as strided convolutions and pooling round).
+    The shape follows the input as the edge's output did in the supernet: the input's channels if the edge kept
+    them (so a width-pruned network still fits), else the edge's own; spatial sizes scaled by the same ratio
+    (``ceil``, as strided convolutions and pooling round).
     """
 
     def __init__(self, in_shape: list[int], out_shape: list[int]) -> None:
         super().__init__()
         if len(in_shape) != len(out_shape) or len(out_shape) < 2:
             raise ValueError(f"RemovedEdge needs input and output shapes of one rank, got {in_shape} -> {out_shape}")
-        self.channels: int = int(out_shape[1])
+        self.channels: int = -1 if out_shape[1] == in_shape[1] else int(out_shape[1])
         self.size_in: list[int] = [int(d) for d in in_shape[2:]]
         self.size_out: list[int] = [int(d) for d in out_shape[2:]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [x.shape[0], self.channels]
+        shape = [x.shape[0], x.shape[1] if self.channels < 0 else self.channels]
         for d in range(len(self.size_in)):
             shape.append((x.shape[d + 2] * self.size_out[d] + self.size_in[d] - 1) // self.size_in[d])
         return x.new_zeros(shape)

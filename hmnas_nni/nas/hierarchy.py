@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .dataflow import DataflowProbe, Flow, FlowEdge
 from .masks import MaskScores
-from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
+from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer, HMNASMixedRepeat
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class Hierarchy:
         self.cells = cells
         self.gated = gated
         self.traced: Flow | None = None
+        self.bridges: list[FlowEdge] = []
+        self.repeats: list[tuple[HMNASMixedRepeat, list[set[int]]]] = []
+        self.outside: set[int] = {id(m) for m in masks.values()}
         self.forced_events = 0
         self._probe: DataflowProbe | None = None
         self._reported: set[str] = set()
@@ -62,7 +65,14 @@ class Hierarchy:
             elif isinstance(module, HMNASMixedCell) and module.label not in cells:
                 cells[module.label] = module.dataflow()
                 masks.update(module.named_masks())
-        return cls(masks, keep_one, list(cells.values()), gated)
+            for m in getattr(module, "value_masks", {}).values():
+                masks.setdefault(f"values:{m.label}", m)
+        hierarchy = cls(masks, keep_one, list(cells.values()), gated)
+        hierarchy.repeats = [(m, [_mask_ids(b) for b in m.blocks]) for m in supernet.modules()
+                             if isinstance(m, HMNASMixedRepeat)]
+        inside = set().union(*[ids for _, blocks in hierarchy.repeats for ids in blocks])
+        hierarchy.outside = _mask_ids(supernet) - inside
+        return hierarchy
 
     def watch(self, supernet: nn.Module) -> None:
         """Read the graph of the gated ``LayerChoice`` edges from the supernet's next training forward pass."""
@@ -76,6 +86,7 @@ class Hierarchy:
             self._probe.remove()
             self._probe = None
         self.traced = flow
+        self.bridges = _bridges(flow)
         self.apply()
 
     def state(self) -> dict[str, Any] | None:
@@ -96,6 +107,8 @@ class Hierarchy:
             m.forced.zero_()
             m.alive.fill_(True)
         on = {id(m): m.switched_on() for m in self.all_masks()}
+        for e in self.bridges:  # every path runs through it: its gate cannot remove it, only its ops decide
+            self._force_gate(e, on)
         messages = [f"choice {name!r}: every entry was masked; kept its best entry #{self._keep_best(m, on)}"
                     for name, m in self.keep_one.items() if not any(on[id(m)])]
         useful: set[int] = set()  # ids of the FlowEdges that stay
@@ -105,6 +118,7 @@ class Hierarchy:
             useful |= {id(flow.keys[k]) for k in kept}
             messages += forced
         self._mark_dead(flows, useful)
+        self._drop_removed_blocks()
         for m in self.all_masks():
             forced = m.forced.tolist()
             alive = m.alive.tolist()
@@ -134,6 +148,10 @@ class Hierarchy:
     def _force(self, e: FlowEdge, on: dict[int, list[bool]]) -> None:
         if not any(on[id(e.ops)]):
             self._keep_best(e.ops, on)
+        self._force_gate(e, on)
+
+    @staticmethod
+    def _force_gate(e: FlowEdge, on: dict[int, list[bool]]) -> None:
         if e.gate is not None:
             mask, i = e.gate
             mask.forced[i] = True
@@ -179,6 +197,21 @@ class Hierarchy:
             if not alive:
                 entries[mid].alive[i] = False
 
+    def _drop_removed_blocks(self) -> None:
+        """A block a depth mask removed takes every choice inside it (unless another kept part uses that choice)."""
+        dropped, kept = set(), set(self.outside)
+        for repeat, blocks in self.repeats:
+            depth = repeat.chosen_depth()
+            for i, ids in enumerate(blocks):
+                (kept if i < depth else dropped).update(ids)
+        for m in self.all_masks():
+            if id(m) in dropped and id(m) not in kept:
+                m.alive.fill_(False)
+
+    def blocks_kept(self) -> tuple[int, int]:
+        """Blocks kept and blocks in all, over every ``Repeat`` with a depth choice."""
+        return sum(r.chosen_depth() for r, _ in self.repeats), sum(len(blocks) for _, blocks in self.repeats)
+
     def _report(self, messages: list[str]) -> None:
         """Log each distinct forced-path message once (the rules run after every step)."""
         self.forced_events += len(messages)
@@ -186,3 +219,18 @@ class Hierarchy:
             if msg not in self._reported:
                 self._reported.add(msg)
                 _logger.warning(msg)
+
+
+def _mask_ids(module: nn.Module) -> set[int]:
+    """Ids of every mask inside ``module``."""
+    return {id(m) for m in module.modules() if isinstance(m, MaskScores)}
+
+
+def _bridges(flow: Flow) -> list[FlowEdge]:
+    """Edges every path from the input to the output runs through (a chain's blocks): with all others on, the
+    output is cut without them."""
+    out = []
+    for e in flow.edges:
+        if not flow.output_reached(flow.reached(lambda other, e=e: other is not e)):
+            out.append(e)
+    return out

@@ -29,7 +29,14 @@ from .derive import derive_network
 from .hierarchy import Hierarchy
 from .lightning import HMNASLightningModule
 from .samples import architecture_from_export
-from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer, unsupported_mutable_hook
+from .supermodules import (
+    HMNAS_MIXED_OPERATIONS,
+    HMNASMixedCell,
+    HMNASMixedInput,
+    HMNASMixedLayer,
+    HMNASMixedRepeat,
+    unsupported_mutable_hook,
+)
 
 EDGE_LEVELS = ("auto", "input", "layer", "none")
 
@@ -89,7 +96,8 @@ class HMNAS(DARTS):
 
     # -- supernet
     def default_mutation_hooks(self):
-        return [HMNASMixedCell.mutate, HMNASMixedLayer.mutate, HMNASMixedInput.mutate, unsupported_mutable_hook]
+        return [HMNASMixedCell.mutate, HMNASMixedLayer.mutate, HMNASMixedInput.mutate, HMNASMixedRepeat.mutate,
+                *[op.mutate for op in HMNAS_MIXED_OPERATIONS], unsupported_mutable_hook]
 
     def resolve_edge_level(self, model: nn.Module) -> str:
         if self.edge_level != "auto":
@@ -104,8 +112,11 @@ class HMNAS(DARTS):
         if not isinstance(model, ModelSpace):
             raise TypeError(f"HMNAS searches an NNI ModelSpace; got {type(model).__name__}")
         self._resolved_edge_level = self.resolve_edge_level(model)
-        hooks = self.extra_mutation_hooks + list(getattr(model, "extra_oneshot_hooks", lambda s: [])(self)) \
-            + self.default_mutation_hooks()
+        # A space's own hooks come first, as NNI orders them; those NNI's hub spaces return are written for NNI's
+        # DARTS supermodules and its memo, so they are left out (what they relax then gets the "not supported" error).
+        model_hooks = [h for h in getattr(model, "extra_oneshot_hooks", lambda s: [])(self)
+                       if not getattr(h, "__module__", "").startswith("nni.")]
+        hooks = self.extra_mutation_hooks + model_hooks + self.default_mutation_hooks()
         self._mutation_hooks_memo = {}
         with frozen_context():  # as NNI's OneShotStrategy.mutate_model; DARTS's own one would make every alpha
             _submodule_tree_map("", model, partial(self._execute_mutation_hooks, hooks=hooks))

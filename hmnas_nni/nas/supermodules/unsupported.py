@@ -8,8 +8,9 @@ import torch.nn as nn
 from nni.nas.nn.pytorch import MutableModule
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
-SUPPORTED = ("nni.nas.nn.pytorch.LayerChoice (operation level), InputChoice with reduction sum/mean and "
-             "Cell (edge level)")
+SUPPORTED = ("nni.nas.nn.pytorch.LayerChoice (operation level), InputChoice with reduction sum/mean and Cell (edge "
+             "level), Repeat with a depth choice (block level) and value choices in MutableConv2d, MutableLinear, "
+             "MutableBatchNorm2d, MutableLayerNorm and MutableMultiheadAttention (weight level)")
 
 
 def unsupported_mutable_hook(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]):
