@@ -65,7 +65,7 @@ def build_space(name: str, **args: Any) -> nn.Module:
     return space
 
 
-def data_args(name: str, given: dict[str, Any], data: dict[str, int]) -> dict[str, Any]:
+def data_args(name: str, given: dict[str, Any], data: dict[str, int], dataset: str = "the data") -> dict[str, Any]:
     """``given`` completed with what the data decides (classes, channels, size) where the space takes it.
 
     ``data`` holds ``in_channels``, ``input_size`` and ``num_classes`` of the dataset. A value the user gave
@@ -80,7 +80,7 @@ def data_args(name: str, given: dict[str, Any], data: dict[str, int]) -> dict[st
     out = dict(given)
     for arg, key in accepted.items():
         if arg in given and given[arg] != data[key]:
-            raise SpaceError(f"space_args {arg}={given[arg]!r} does not fit the data ({key}={data[key]}); leave "
+            raise SpaceError(f"space_args {arg}={given[arg]!r} does not fit {dataset} ({key}={data[key]}); leave "
                              f"{arg} out of --space-args, it is taken from the data")
         out[arg] = data[key]
     return out

@@ -98,11 +98,12 @@ def safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 
 def derived_state(arch: Path) -> dict[str, torch.Tensor]:
-    """The weights a supernet must provide for ``arch``'s derived network."""
+    """The network weights of a supernet of ``arch``'s space (freshly initialised), as a search saves them."""
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.nas.materialize import materialize
+    from hmnas_nni.nas.derive import network_weights
+    from hmnas_nni.nas.rebuild import supernet_of
 
-    return {k: v.clone() for k, v in materialize(Architecture.load(arch)).state_dict().items()}
+    return {k: v.clone() for k, v in network_weights(supernet_of(Architecture.load(arch))).items()}
 
 
 def arch_with(tmp: Path, change: Callable[[dict], None]) -> Path:

@@ -25,7 +25,7 @@ def test_inherited_network_matches_masked_supernet(name, seed):
     with torch.no_grad():
         assert (space(x) - net(x)).abs().max() <= 1e-5
     assert _no_nni(net)
-    compiled = torch.jit.script(net) if name != "darts" else torch.jit.trace(net, x)  # NNI cells are traced
+    compiled = torch.jit.script(net)
     assert (compiled(x) - net(x)).abs().max() <= 1e-5
 
 

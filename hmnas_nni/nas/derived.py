@@ -7,11 +7,10 @@ and no architecture parameter inside.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn as nn
-from nni.nas.nn.pytorch.cell import preprocess_cell_inputs
 
 
 class KeptOps(nn.Module):
@@ -77,9 +76,10 @@ class KeptInputs(nn.Module):
 class DerivedCell(nn.Module):
     """An NNI ``Cell`` holding only the edges and ops an architecture kept.
 
-    Called as NNI's ``Cell`` is (a list of predecessors, or the tensors themselves). A removed node takes no
-    input and feeds nothing; in the cell's concatenation it is zeros, so the output keeps the shape the
-    following layers were trained on.
+    Called as NNI's ``Cell`` is, with a list of predecessors (or, for one predecessor, the tensor itself). A
+    removed node takes no input and feeds nothing; in the cell's concatenation it is zeros, so the output keeps
+    the shape the following layers were trained on. TorchScript compiles it when its pre- and postprocessor
+    compile.
     """
 
     def __init__(self, preprocessor: nn.Module, postprocessor: nn.Module, num_predecessors: int, num_nodes: int,
@@ -91,25 +91,41 @@ class DerivedCell(nn.Module):
         self.num_nodes = num_nodes
         self.concat_dim = concat_dim
         order = sorted(range(len(edges)), key=lambda k: (edges[k][0], edges[k][1]))
-        self.edge_dst = [edges[k][0] for k in order]
-        self.edge_src = [edges[k][1] for k in order]
+        self.edge_dst: list[int] = [edges[k][0] for k in order]
+        self.edge_src: list[int] = [edges[k][1] for k in order]
         self.edges = nn.ModuleList([edges[k][2] for k in order])
         alive = set(self.edge_dst)
-        self.node_alive = [i in alive for i in range(num_predecessors, num_predecessors + num_nodes)]
-        if not any(self.node_alive):
+        self.node_alive: list[bool] = [i in alive for i in range(num_predecessors, num_predecessors + num_nodes)]
+        if not edges:
             raise ValueError("a derived cell needs at least one node with a kept input edge")
+        self.last_alive: int = max(alive)
 
-    def forward(self, *inputs: Any) -> Any:
-        processed = preprocess_cell_inputs(self.num_predecessors, *inputs)
-        states: list[torch.Tensor | None] = list(self.preprocessor(processed))
-        states += [None] * self.num_nodes
-        for dst, src, edge in zip(self.edge_dst, self.edge_src, self.edges):
-            y = edge(states[src])
-            states[dst] = y if states[dst] is None else states[dst] + y
-        nodes = states[self.num_predecessors:]
-        ref = next(s for s in nodes if s is not None)
-        this_cell = torch.cat([s if s is not None else torch.zeros_like(ref) for s in nodes], self.concat_dim)
-        return self.postprocessor(this_cell, processed)
+    def forward(self, inputs: Union[list[torch.Tensor], torch.Tensor]):  # noqa: UP007 (TorchScript reads Union)
+        processed = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+        if len(processed) != self.num_predecessors:
+            raise ValueError("a derived cell takes as many inputs as its cell's num_predecessors")
+        states = self.preprocessor(processed)
+        acc = states[0]
+        node = -1
+        k = 0
+        for edge in self.edges:
+            dst = self.edge_dst[k]
+            if dst != node:  # the first kept edge of the next live node
+                if node >= 0:
+                    states.append(acc)
+                while len(states) < dst:  # removed nodes: placeholders, only the concat sees them (as zeros)
+                    states.append(states[0])
+                node = dst
+                acc = edge(states[self.edge_src[k]])
+            else:
+                acc = acc + edge(states[self.edge_src[k]])
+            k += 1
+        states.append(acc)
+        ref = states[self.last_alive]
+        outs: list[torch.Tensor] = []
+        for i in range(self.num_nodes):
+            outs.append(states[self.num_predecessors + i] if self.node_alive[i] else torch.zeros_like(ref))
+        return self.postprocessor(torch.cat(outs, self.concat_dim), processed)
 
 
 class Blocks(nn.Module):
