@@ -152,9 +152,24 @@ def test_every_shipped_arch_json_is_registered():
             assert timm.create_model(name).pretrained_cfg["architecture"] == name
 
 
-def test_missing_arch_and_foreign_weights_fail_clearly(tmp_path):
-    with pytest.raises(ArchitectureError, match="pass arch="):
-        timm.create_model("hmnas")
+def test_generic_name_builds_the_documented_default_architecture():
+    model = timm.create_model("hmnas")
+    default = timm.create_model("hmnas", arch=export.DEFAULT_ARCH)
+    shipped = export.resolve_architecture(export.DEFAULT_ARCH)[0]
+    assert model.arch.to_dict() == default.arch.to_dict() == shipped.to_dict()
+    assert model.pretrained_cfg["architecture"] == "hmnas"
+    assert model.pretrained_cfg["input_size"] == default.pretrained_cfg["input_size"]
+    assert export.create_hmnas().arch.to_dict() == model.arch.to_dict()
+
+
+def test_bad_arch_fails_clearly(tmp_path):
+    with pytest.raises(ArchitectureError, match="arch must be a path, a dict or an Architecture"):
+        timm.create_model("hmnas", arch=3)
+    with pytest.raises(ArchitectureError):
+        timm.create_model("hmnas", arch=tmp_path / "missing.json")
+
+
+def test_foreign_weights_fail_clearly(tmp_path):
     nb = tmp_path / "nb.json"
     mob = tmp_path / "mob.json"
     smoke_architecture("nb201").save(nb)
