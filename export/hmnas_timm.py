@@ -138,6 +138,7 @@ class HmnasNet(nn.Module):
             args["in_channels"] = int(in_chans)
         if body is None:
             body = build_body(self.arch, args)
+        self._layout = body_layout(body)
         self.in_chans = int(args.get("in_channels", 3))
         self.num_classes = int(args.get("num_classes", 10)) if num_classes is None else int(num_classes)
         self.num_features = int(body.num_features)
@@ -149,7 +150,6 @@ class HmnasNet(nn.Module):
         body.classifier = nn.Identity()
         self.body = body
         cfg = arch_pretrained_cfg(self.arch.to_dict() | extras, num_classes=self.num_classes)
-        self._layout = body_layout(body)
         levels = measure_levels(body, self._layout, (self.in_chans, *cfg["input_size"][1:]))
         self.feature_info = levels.info
         self._level_steps = levels.steps
@@ -264,6 +264,7 @@ class HmnasNet(nn.Module):
         tail = self._layout.tail
         if tail is not None and (prune_norm or prune_end):
             setattr(self.body, tail, nn.Identity())
+        if prune_end or (tail is not None and prune_norm):  # the features now end at level max_index, untailed
             self.num_features = self.feature_info[max_index]["num_chs"]
         self._layout = body_layout(self.body)
         self._levels_kept = max_index + 1

@@ -63,8 +63,9 @@ def _two_inputs(module: nn.Module, where: str) -> bool:
 def body_layout(body: nn.Module) -> BodyLayout:
     """The steps of ``body`` in execution order, read from its ``stem``, ``cells``/``blocks`` and tail."""
     sequence = next((n for n in SEQUENCE_NAMES if isinstance(getattr(body, n, None), nn.Module)), None)
-    if not isinstance(getattr(body, "stem", None), nn.Module) or sequence is None:
-        raise ValueError(f"{type(body).__name__} is not a derived body: it needs a `stem` and `cells` or `blocks`")
+    if not isinstance(getattr(body, "stem", None), nn.Module) or sequence is None or not hasattr(body, "num_features"):
+        raise ValueError(f"{type(body).__name__} is not a derived body: it needs a `stem` and `cells` or `blocks` "
+                         "(and `num_features`); build it with hmnas_nni.export.build_body")
     tail = next((n for n in TAIL_NAMES if isinstance(getattr(body, n, None), nn.Module)), None)
     steps = [Step("stem", "stem", False)]
     for i, cell in enumerate(getattr(body, sequence)):

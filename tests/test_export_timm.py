@@ -180,3 +180,24 @@ def test_foreign_weights_fail_clearly(tmp_path):
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "nb.safetensors")))
     with pytest.raises(WeightsError, match="another architecture"):
         export.load_weights(timm.create_model("hmnas", arch=mob), tmp_path / "nb.safetensors")
+
+
+def test_pretrained_backbone_loads_the_weights(arch_file, tmp_path):
+    src = timm.create_model("hmnas", arch=arch_file).eval()
+    export.save_weights(src, tmp_path / "model.safetensors")
+    backbone = timm.create_model("hmnas", arch=arch_file, pretrained=True, features_only=True, out_indices=(1, -1),
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))).eval()
+    expected = src.forward_intermediates(_x(), indices=[1, len(src.feature_info) - 1], intermediates_only=True)
+    for a, b in zip(backbone(_x()), expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert backbone.feature_info.channels() == [t.shape[1] for t in expected]
+
+
+def test_unsupported_feature_class_fails_clearly(arch_file):
+    with pytest.raises(ValueError, match="feature_cls='list' needs a sequential model"):
+        timm.create_model("hmnas", arch=arch_file, features_only=True, feature_cls="list")
+
+
+def test_body_that_is_not_a_derived_network_fails_clearly(arch_file):
+    with pytest.raises(ValueError, match="needs a `stem` and `cells` or `blocks`"):
+        HmnasNet(arch_file, body=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)))
