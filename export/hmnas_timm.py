@@ -313,15 +313,19 @@ _FEATURE_CLASSES = ("getter", "hook", "fx")
 
 def _feature_cfg(kwargs: dict[str, Any], arch_doc: dict[str, Any]) -> dict[str, Any]:
     """timm's ``feature_cfg`` for ``features_only``: every level by default, through ``forward_intermediates``."""
-    cls = kwargs.get("feature_cls", "getter")
+    cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    cls = kwargs.get("feature_cls", cfg.get("feature_cls", "getter"))
     if isinstance(cls, str) and cls.lower() not in _FEATURE_CLASSES and "hook" not in cls.lower():
         raise ValueError(f"feature_cls={cls!r} needs a sequential model; hmnas models take "
                          f"feature_cls={' / '.join(repr(c) for c in _FEATURE_CLASSES)} (default 'getter')")
-    if "out_indices" in kwargs or cls == "getter":
-        return {"feature_cls": cls, "out_indices": None}  # None: every level (FeatureGetterNet asks the model)
+    cfg["feature_cls"] = cls
+    if "out_indices" in kwargs or "out_indices" in cfg:
+        return cfg
+    if cls == "getter":
+        return cfg | {"out_indices": None}  # None: every level (FeatureGetterNet asks the model)
     with torch.random.fork_rng(devices=[]):  # counting the levels must not change the model's initial weights
         levels = len(HmnasNet(arch_doc, in_chans=kwargs.get("in_chans")).feature_info)
-    return {"feature_cls": cls, "out_indices": tuple(range(levels))}
+    return cfg | {"out_indices": tuple(range(levels))}
 
 
 def create_hmnas(arch: ArchLike | None = None, pretrained: bool = False, variant: str = "hmnas",

@@ -201,3 +201,13 @@ def test_unsupported_feature_class_fails_clearly(arch_file):
 def test_body_that_is_not_a_derived_network_fails_clearly(arch_file):
     with pytest.raises(ValueError, match="needs a `stem` and `cells` or `blocks`"):
         HmnasNet(arch_file, body=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)))
+
+
+def test_feature_cfg_passes_through_to_timm(arch_file):
+    full = timm.create_model("hmnas", arch=arch_file)
+    normed = timm.create_model("hmnas", arch=arch_file, features_only=True, feature_cfg={"norm": True})
+    last = full.feature_info[-1]
+    assert normed.feature_info.channels()[-1] == last.get("num_chs_norm", last["num_chs"])
+    assert [t.shape[1] for t in normed.eval()(_x())] == normed.feature_info.channels()
+    fx = timm.create_model("hmnas", arch=arch_file, features_only=True, feature_cfg={"feature_cls": "fx"})
+    assert [t.shape[1] for t in fx.eval()(_x())] == [f["num_chs"] for f in full.feature_info]
