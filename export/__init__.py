@@ -5,21 +5,20 @@ Importing the package registers the ``hmnas`` timm models (``timm.list_models('h
 
 from __future__ import annotations
 
+from .archs import ARCH_DIR, DEFAULT_ARCH, shipped_architectures
 from .hmnas_timm import (
-    ARCH_DIR,
     HmnasNet,
-    WeightsError,
     arch_pretrained_cfg,
+    build_body,
     create_hmnas,
-    load_weights,
-    read_state_dict,
     register_architecture,
     registered_architectures,
     resolve_architecture,
-    save_weights,
 )
+from .weights import WeightsError, load_weights, read_state_dict, save_weights
 
 __all__ = [
-    "ARCH_DIR", "HmnasNet", "WeightsError", "arch_pretrained_cfg", "create_hmnas", "load_weights",
-    "read_state_dict", "register_architecture", "registered_architectures", "resolve_architecture", "save_weights",
+    "ARCH_DIR", "DEFAULT_ARCH", "HmnasNet", "WeightsError", "arch_pretrained_cfg", "build_body", "create_hmnas",
+    "load_weights", "read_state_dict", "register_architecture", "registered_architectures", "resolve_architecture",
+    "save_weights", "shipped_architectures",
 ]

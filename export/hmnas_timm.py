@@ -1,19 +1,19 @@
 """HM-NAS derived networks as a timm model family.
 
-``timm.create_model('hmnas', arch='arch.json')`` builds the derived network of any project space;
-every ``export/archs/<name>.json`` shipped with the package is registered as ``hmnas_<name>``
-(like timm's ``hardcorenas_a..f``) and builds with no other argument. Weights are safetensors
-files keyed like :class:`HmnasNet`'s ``state_dict``; plain derived-network state dicts
-(``stem.0.weight`` ... ``classifier.weight``) load too, through :func:`checkpoint_filter_fn`.
+Every ``export/archs/<name>.json`` shipped with the package is registered as ``hmnas_<name>`` (like
+timm's ``hardcorenas_a..f``); ``hmnas`` builds any architecture (``arch=``) and, given none, the
+documented default :data:`~hmnas_nni.export.archs.DEFAULT_ARCH`. Every name builds from its name alone.
+:class:`HmnasNet` has timm's whole CNN interface: ``feature_info`` and ``features_only=True``,
+``forward_intermediates``, ``prune_intermediate_layers``, ``group_matcher``, gradient checkpointing,
+TorchScript and FX tracing. Weights are safetensors files (:mod:`hmnas_nni.export.weights`).
+
+This module deliberately has no ``from __future__ import annotations``: FX copies ``forward``'s
+annotations into generated code, and TorchScript cannot read them back as strings.
 """
 
-from __future__ import annotations
-
 import json
-import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,27 +22,29 @@ import torch
 import torch.nn as nn
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
-from hmnas_nni.format.files import publish
+
+from .archs import ARCH_DIR, DEFAULT_ARCH, shipped_architectures
+from .stages import body_layout, measure_levels, run_steps
+from .weights import (
+    WEIGHTS_FORMAT,
+    WeightsError,
+    check_state_dict,
+    checkpoint_filter_fn,
+    load_weights,
+    read_state_dict,
+    save_weights,
+)
 
 __all__ = [
-    "HmnasNet", "WeightsError", "ArchLike", "ARCH_DIR", "resolve_architecture", "arch_pretrained_cfg",
-    "checkpoint_filter_fn", "read_state_dict", "check_state_dict", "load_weights", "save_weights",
-    "register_architecture", "registered_architectures", "create_hmnas",
+    "HmnasNet", "WeightsError", "ArchLike", "ARCH_DIR", "DEFAULT_ARCH", "WEIGHTS_FORMAT", "resolve_architecture",
+    "arch_pretrained_cfg", "build_body", "checkpoint_filter_fn", "read_state_dict", "check_state_dict",
+    "load_weights", "save_weights", "register_architecture", "registered_architectures", "create_hmnas",
 ]
 
-ARCH_DIR = Path(__file__).parent / "archs"
-WEIGHTS_FORMAT = "hmnas-weights/1"
 ArchLike = str | os.PathLike | Mapping | Architecture
-
-# Number of stride-2 reductions each space applies; only used for the registry's ``pool_size``
-# before a model is built (a built model measures its own; tests check the two agree).
-_REDUCTIONS = {"nb201": lambda a: 2, "mobile": lambda a: 2, "darts": lambda a: 2 if a.get("num_cells", 3) >= 3 else 0}
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used with this architecture; the message says why and how to fix it."""
 
 
 # --------------------------------------------------------------------------- architecture documents
@@ -80,18 +82,15 @@ def _data_config(arch: Architecture, extras: dict[str, Any]) -> dict[str, Any]:
 
 
 def arch_pretrained_cfg(arch: ArchLike, architecture: str = "hmnas", **overrides: Any) -> dict[str, Any]:
-    """timm ``pretrained_cfg`` for an architecture: input config, head names and expected feature map size."""
+    """timm ``pretrained_cfg`` for an architecture; ``pool_size`` is measured once a model is built."""
     parsed, extras = resolve_architecture(arch)
     data = _data_config(parsed, extras)
-    size = data["input_size"][1]
-    red = _REDUCTIONS.get(parsed.space)
-    side = size if red is None else _reduce(size, red(parsed.space_args))
     cfg = {
         "url": "",
         "architecture": architecture,
         "num_classes": int(parsed.space_args.get("num_classes", 10)),
         "input_size": data["input_size"],
-        "pool_size": (side, side),
+        "pool_size": None,
         "crop_pct": 1.0,
         "interpolation": "bilinear",
         "mean": data["mean"],
@@ -108,26 +107,21 @@ def arch_pretrained_cfg(arch: ArchLike, architecture: str = "hmnas", **overrides
     return cfg
 
 
-def _reduce(size: int, n: int) -> int:
-    """Spatial side after ``n`` stride-2 convolutions with 'same' padding (each rounds up)."""
-    for _ in range(n):
-        size = math.ceil(size / 2)
-    return size
-
-
-# --------------------------------------------------------------------------- the model
-def derived_body(arch: Architecture, space_args: dict[str, Any]) -> nn.Module:
-    """The derived network of ``arch`` (freshly initialised), built with ``space_args`` (e.g. other in_channels)."""
+# --------------------------------------------------------------------------- the body
+def build_body(arch: Architecture, space_args: Mapping[str, Any]) -> nn.Module:
+    """The derived network of ``arch`` (stem, cells/blocks, lastact/conv_head, classifier), freshly initialised and
+    built with ``space_args`` (e.g. other in_channels): every body is built here."""
     from hmnas_nni.nas.rebuild import network_from_architecture
 
-    doc = arch.to_dict() | {"space_args": space_args}
+    doc = arch.to_dict() | {"space_args": dict(space_args)}
     if arch.input_shape is not None and "in_channels" in space_args:
         doc["input_shape"] = [space_args["in_channels"], *arch.input_shape[1:]]
     return network_from_architecture(Architecture.from_dict(doc))
 
 
+# --------------------------------------------------------------------------- the model
 class HmnasNet(nn.Module):
-    """A derived HM-NAS network behind timm's CNN interface (features, head, classifier reset)."""
+    """A derived HM-NAS network behind timm's CNN interface (features, intermediates, head, classifier reset)."""
 
     def __init__(
         self,
@@ -147,33 +141,43 @@ class HmnasNet(nn.Module):
         if in_chans is not None:
             args["in_channels"] = int(in_chans)
         if body is None:
-            body = derived_body(self.arch, args)
+            body = build_body(self.arch, args)
+        self._layout = body_layout(body)
         self.in_chans = int(args.get("in_channels", 3))
         self.num_classes = int(args.get("num_classes", 10)) if num_classes is None else int(num_classes)
-        self.num_features = self.head_hidden_size = int(body.num_features)
+        self.num_features = int(body.num_features)
         self.drop_rate = float(drop_rate)
+        self.grad_checkpointing = False
         old_fc = body.classifier
         # The body keeps only its features: pooling and classifier live here so reset_classifier can swap them.
         body.global_pool = nn.Identity()
         body.classifier = nn.Identity()
         self.body = body
+        cfg = arch_pretrained_cfg(self.arch.to_dict() | extras, num_classes=self.num_classes)
+        levels = measure_levels(body, self._layout, (self.in_chans, *cfg["input_size"][1:]))
+        self.feature_info = levels.info
+        self._level_steps = levels.steps
+        self._levels_kept = len(levels.steps)
         self.global_pool, self.head_drop, self.classifier = self._make_head(self.num_classes, global_pool)
         if isinstance(old_fc, nn.Linear) and isinstance(self.classifier, nn.Linear) \
                 and old_fc.weight.shape == self.classifier.weight.shape:
             self.classifier = old_fc  # keep inherited head weights (e.g. from a supernet)
-        self.pretrained_cfg = arch_pretrained_cfg(self.arch.to_dict() | extras, num_classes=self.num_classes)
+        self.pretrained_cfg = cfg | {"pool_size": levels.final_size}
         self.default_cfg = self.pretrained_cfg
 
     def _make_head(self, num_classes: int, global_pool: str) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """Pooling, dropout and classifier from timm's own head factory."""
+        """Pooling, dropout and classifier from timm's own head factory, on the body's device and dtype."""
         if not global_pool and num_classes > 0:
             raise ValueError("global_pool='' keeps the features unpooled, so it needs num_classes=0 (no classifier)")
+        p = next(self.body.parameters())
         self.global_pool_type = global_pool
         pool, drop, fc = create_classifier(self.num_features, num_classes, pool_type=global_pool,
-                                           drop_rate=self.drop_rate)
+                                           drop_rate=self.drop_rate, device=p.device, dtype=p.dtype)
+        self.head_hidden_size = self.num_features * pool.feat_mult()
         return pool, drop, fc
 
-    # -- timm interface
+    # -- head
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         """The final classifier module (``nn.Identity`` when there are no classes)."""
         return self.classifier
@@ -183,10 +187,21 @@ class HmnasNet(nn.Module):
         pool_type = self.global_pool_type if global_pool is None else global_pool
         self.num_classes = int(num_classes)
         self.global_pool, self.head_drop, self.classifier = self._make_head(self.num_classes, pool_type)
+        for m in (self.global_pool, self.head_drop, self.classifier):
+            m.train(self.training)
 
+    # -- forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features, shape (N, num_features, H', W')."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_steps(x)
         return self.body.forward_features(x)
+
+    def _forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features`` one step at a time, each cell checkpointed when gradient checkpointing is on."""
+        for out in run_steps(self.body, self._layout.steps, x, self.grad_checkpointing):
+            x = out
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, drop and classify; ``pre_logits`` stops before the classifier."""
@@ -198,16 +213,90 @@ class HmnasNet(nn.Module):
         """Logits (or pooled features when ``num_classes=0``)."""
         return self.forward_head(self.forward_features(x))
 
+    # -- intermediates
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features of the ``feature_info`` levels in ``indices`` (last n if int, all if None), as timm's CNNs.
+
+        ``norm`` passes the last level through the body's final layers (``lastact``/``conv_head``) as
+        ``forward_features`` does; ``stop_early`` (or ``intermediates_only``) stops after the last level taken.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not available: HmnasNet features are NCHW only")
+        take, max_index = self._take_levels(indices)
+        last_level = len(self.feature_info) - 1
+        steps = self._layout.steps
+        end = self._level_steps[max_index] + 1 if stop_early or intermediates_only else len(steps)
+        level_at = {s: k for k, s in enumerate(self._level_steps)}
+        intermediates: list[torch.Tensor] = []
+        for i, out in enumerate(run_steps(self.body, steps[:end], x, self.grad_checkpointing)):
+            x = out
+            level = level_at.get(i)
+            if level in take:
+                tail = self._layout.tail
+                intermediates.append(self.body.get_submodule(tail)(out) if norm and tail and level == last_level
+                                     else out)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def _take_levels(self, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
+        """timm's level selection, refusing levels that :meth:`prune_intermediate_layers` removed."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        if max_index >= self._levels_kept:
+            raise ValueError(f"feature level {max_index} was removed by prune_intermediate_layers; "
+                             f"levels 0..{self._levels_kept - 1} remain")
+        return take, max_index
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] | None = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the cells after the last level in ``indices`` (and the final layers / head); returns the levels kept."""
+        take, max_index = self._take_levels(indices)
+        last_step = self._level_steps[max_index]
+        cells = getattr(self.body, self._layout.sequence)
+        setattr(self.body, self._layout.sequence, cells[:last_step])  # step k >= 1 is cell k - 1
+        prune_end = max_index < len(self.feature_info) - 1
+        tail = self._layout.tail
+        if tail is not None and (prune_norm or prune_end):
+            setattr(self.body, tail, nn.Identity())
+        if prune_end or (tail is not None and prune_norm):  # the features now end at level max_index, untailed
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        self._layout = body_layout(self.body)
+        self._levels_kept = max_index + 1
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        elif isinstance(self.classifier, nn.Linear) and self.classifier.in_features != self.num_features:
+            self.reset_classifier(self.num_classes)
+        return take
+
+    # -- training helpers
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise learning-rate decay, as timm's optimizers expect."""
-        return {"stem": r"^body\.stem", "blocks": r"^body\.(cells|blocks|conv_head|lastact)\.?(\d+)?"}
+        """Parameter groups (stem, then one per cell or per stage, then the final layers) for layer-wise lr decay."""
+        seq = rf"^body\.{self._layout.sequence}\."
+        tail = [(rf"^body\.{self._layout.tail}\.", (99999,))] if self._layout.tail else []
+        if not coarse:
+            return {"stem": r"^body\.stem\.", "blocks": [(seq + r"(\d+)\.", None), *tail]}
+        stages = []
+        for k in range(1, self._levels_kept):
+            first, last = self._level_steps[k - 1], self._level_steps[k] - 1  # cells of stage k, as cell indices
+            cells = "|".join(str(c) for c in range(first, last + 1))
+            stages.append((seq + rf"(?:{cells})\.", (k,)))
+        return {"stem": r"^body\.stem\.", "blocks": [*stages, *tail]}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Gradient checkpointing is not implemented for derived cells."""
-        if enable:
-            raise NotImplementedError("HmnasNet does not support gradient checkpointing")
+        """Recompute each cell's activations in backward instead of storing them (less memory, more compute)."""
+        self.grad_checkpointing = bool(enable)
 
     @torch.jit.ignore
     def feature_map_size(self) -> tuple[int, int]:
@@ -222,133 +311,44 @@ class HmnasNet(nn.Module):
         return int(f.shape[-2]), int(f.shape[-1])
 
 
-# --------------------------------------------------------------------------- weights
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file, turning every failure into a one-line :class:`WeightsError`."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; pass the model.safetensors written by `hmnas retrain`")
-    if path.stat().st_size < 8:
-        raise WeightsError(f"weights file {path} is empty or truncated; re-run `hmnas retrain` to write it again")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(
-            f"weights file {path} is not a readable safetensors file ({msg}); it may be truncated or of another "
-            "format: re-run `hmnas retrain` or pass the model.safetensors it wrote"
-        ) from None
-    return sd, meta
-
-
-def _arch_key(arch: Architecture) -> dict[str, Any]:
-    """What must match between weights and an architecture (head size and input channels may be adapted)."""
-    args = {k: v for k, v in arch.space_args.items() if k not in ("num_classes", "in_channels", "input_size")}
-    return {"space": arch.space, "space_args": args, "ops": arch.ops, "inputs": arch.inputs}
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map plain derived-network keys onto :class:`HmnasNet` keys and reject weights of another architecture."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
-        if not k.startswith(("body.", "classifier.")):
-            k = "body." + k
-        if k.startswith(("body.classifier.", "body.global_pool.")):
-            k = k[len("body."):]
-        out[k] = v
-    skip = {"classifier.weight", "classifier.bias"}
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
-    if first_conv:
-        skip.add(f"{first_conv}.weight")  # timm adapts the stem to other input channel counts
-    check_state_dict(model, out, "pretrained weights", skip=skip)
-    return out
-
-
-def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str,
-                     skip: set[str] | frozenset[str] = frozenset()) -> None:
-    """Raise a one-line :class:`WeightsError` when ``sd`` does not fit ``model`` key for key and shape for shape."""
-    own = {k: v for k, v in model.state_dict().items() if k not in skip}
-    theirs = {k: v for k, v in sd.items() if k not in skip}
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    shape = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if shape:
-            k = shape[0]
-            parts.append(f"{len(shape)} of another shape (e.g. {k}: {tuple(theirs[k].shape)} vs {tuple(own[k].shape)})")
-        raise WeightsError(
-            f"{where} belong to another architecture: {'; '.join(parts)}; "
-            "pass the arch.json the weights were trained with (retrain writes it beside model.safetensors)"
-        )
-
-
-def load_weights(model: HmnasNet, path: str | os.PathLike) -> dict[str, str]:
-    """Load a safetensors file into ``model`` strictly, with one-line errors; returns the file's metadata."""
-    sd, meta = read_state_dict(path)
-    if "architecture" in meta:
-        try:
-            saved = Architecture.from_dict(json.loads(meta["architecture"]))
-        except (ValueError, ArchitectureError):
-            saved = None
-        if saved is not None and _arch_key(saved) != _arch_key(model.arch):
-            raise WeightsError(
-                f"weights file {path} was written for another architecture (space {saved.space!r}, "
-                f"{saved.ops_kept()} ops kept) than the one given (space {model.arch.space!r}, "
-                f"{model.arch.ops_kept()} ops kept); pass the arch.json from the same run as the weights"
-            )
-    sd = checkpoint_filter_fn(sd, model) if any(not k.startswith(("body.", "classifier.")) for k in sd) else sd
-    check_state_dict(model, sd, f"weights in {path}")
-    model.load_state_dict(sd, strict=True)
-    return meta
-
-
-def save_weights(model: HmnasNet, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model``'s state dict as safetensors atomically, with the architecture in the header."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": WEIGHTS_FORMAT, "architecture": json.dumps(model.arch.to_dict())}
-    for k, v in (extra or {}).items():
-        meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".weights-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 # --------------------------------------------------------------------------- timm registration
-def create_hmnas(variant: str, pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any) -> HmnasNet:
-    """Build through timm's ``build_model_with_cfg`` so pretrained loading, head and stem adaptation are timm's."""
-    if arch is None:
-        raise ArchitectureError(
-            f"{variant}: pass arch=<arch.json | dict | Architecture>, e.g. timm.create_model('hmnas', arch='arch.json')"
-        )
-    parsed, extras = resolve_architecture(arch)
-    if kwargs.get("pretrained_cfg") is None:
-        kwargs["pretrained_cfg"] = arch_pretrained_cfg(parsed.to_dict() | extras, architecture=variant)
+_FEATURE_CLASSES = ("getter", "hook", "fx")
+
+
+def _feature_cfg(kwargs: dict[str, Any], arch_doc: dict[str, Any]) -> dict[str, Any]:
+    """timm's ``feature_cfg`` for ``features_only``: every level by default, through ``forward_intermediates``."""
+    cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    cls = kwargs.get("feature_cls", cfg.get("feature_cls", "getter"))
+    if isinstance(cls, str) and cls.lower() not in _FEATURE_CLASSES and "hook" not in cls.lower():
+        raise ValueError(f"feature_cls={cls!r} needs a sequential model; hmnas models take "
+                         f"feature_cls={' / '.join(repr(c) for c in _FEATURE_CLASSES)} (default 'getter')")
+    cfg["feature_cls"] = cls
+    if "out_indices" in kwargs or "out_indices" in cfg:
+        return cfg
+    if cls == "getter":
+        return cfg | {"out_indices": None}  # None: every level (FeatureGetterNet asks the model)
+    with torch.random.fork_rng(devices=[]):  # counting the levels must not change the model's initial weights
+        levels = len(HmnasNet(arch_doc, in_chans=kwargs.get("in_chans")).feature_info)
+    return cfg | {"out_indices": tuple(range(levels))}
+
+
+def create_hmnas(arch: ArchLike | None = None, pretrained: bool = False, variant: str = "hmnas",
+                 **kwargs: Any) -> nn.Module:
+    """Build ``arch`` (default :data:`DEFAULT_ARCH`) through timm's ``build_model_with_cfg`` (loading, features)."""
+    parsed, extras = resolve_architecture(DEFAULT_ARCH if arch is None else arch)
+    doc = parsed.to_dict() | extras
+    if arch is not None and kwargs.get("pretrained_cfg") is None:  # no arch: the registered default cfg applies
+        kwargs["pretrained_cfg"] = arch_pretrained_cfg(doc, architecture=variant)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and overlay.get("file"):
         read_state_dict(overlay["file"])  # a missing or truncated file fails here with a clear message
+    feature_cfg = _feature_cfg(kwargs, doc) if kwargs.get("features_only") else None
     model = build_model_with_cfg(
-        HmnasNet, variant, pretrained, arch=parsed.to_dict() | extras,
-        pretrained_filter_fn=checkpoint_filter_fn, **kwargs,
+        HmnasNet, variant, pretrained, arch=doc, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg, **kwargs,
     )
+    if isinstance(model, HmnasNet):
+        model.pretrained_cfg["pool_size"] = model.feature_map_size()  # timm's builder sets the cfg after __init__
     return model
 
 
@@ -368,10 +368,10 @@ def register_architecture(path: str | os.PathLike, name: str | None = None) -> s
     cfg = arch_pretrained_cfg(path, architecture=model_name)
     default_cfgs[model_name] = generate_default_cfgs({model_name: cfg})[model_name]
 
-    def entry(pretrained: bool = False, **kwargs: Any) -> HmnasNet:
+    def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if "arch" in kwargs:
             raise TypeError(f"{model_name} is a fixed architecture ({path.name}); use 'hmnas' to pass arch=")
-        return create_hmnas(model_name, pretrained, arch=path, **kwargs)
+        return create_hmnas(path, pretrained, variant=model_name, **kwargs)
 
     entry.__name__ = entry.__qualname__ = model_name
     entry.__module__ = __name__
@@ -388,19 +388,16 @@ def registered_architectures() -> dict[str, Path]:
 
 
 default_cfgs = generate_default_cfgs({
-    "hmnas": {
-        "url": "", "num_classes": 10, "input_size": (1, 28, 28), "pool_size": (7, 7), "crop_pct": 1.0,
-        "mean": (0.5,), "std": (0.5,), "first_conv": "body.stem.0", "classifier": "classifier",
-        "license": "mit", "description": "HM-NAS derived network; the real config comes from the arch passed",
-    },
+    "hmnas": arch_pretrained_cfg(
+        DEFAULT_ARCH, description=f"HM-NAS derived network: arch= if given, else the shipped {DEFAULT_ARCH.name}"),
 })
 
 
 @register_model
-def hmnas(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any) -> HmnasNet:
-    """Any derived architecture: ``timm.create_model('hmnas', arch='arch.json')``."""
-    return create_hmnas("hmnas", pretrained, arch=arch, **kwargs)
+def hmnas(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any) -> nn.Module:
+    """Any derived architecture, ``timm.create_model('hmnas', arch='arch.json')``; without ``arch`` the default."""
+    return create_hmnas(arch, pretrained, variant="hmnas", **kwargs)
 
 
-for _path in sorted(ARCH_DIR.glob("*.json")):
+for _path in shipped_architectures():
     register_architecture(_path)

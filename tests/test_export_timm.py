@@ -152,9 +152,24 @@ def test_every_shipped_arch_json_is_registered():
             assert timm.create_model(name).pretrained_cfg["architecture"] == name
 
 
-def test_missing_arch_and_foreign_weights_fail_clearly(tmp_path):
-    with pytest.raises(ArchitectureError, match="pass arch="):
-        timm.create_model("hmnas")
+def test_generic_name_builds_the_documented_default_architecture():
+    model = timm.create_model("hmnas")
+    default = timm.create_model("hmnas", arch=export.DEFAULT_ARCH)
+    shipped = export.resolve_architecture(export.DEFAULT_ARCH)[0]
+    assert model.arch.to_dict() == default.arch.to_dict() == shipped.to_dict()
+    assert model.pretrained_cfg["architecture"] == "hmnas"
+    assert model.pretrained_cfg["input_size"] == default.pretrained_cfg["input_size"]
+    assert export.create_hmnas().arch.to_dict() == model.arch.to_dict()
+
+
+def test_bad_arch_fails_clearly(tmp_path):
+    with pytest.raises(ArchitectureError, match="arch must be a path, a dict or an Architecture"):
+        timm.create_model("hmnas", arch=3)
+    with pytest.raises(ArchitectureError):
+        timm.create_model("hmnas", arch=tmp_path / "missing.json")
+
+
+def test_foreign_weights_fail_clearly(tmp_path):
     nb = tmp_path / "nb.json"
     mob = tmp_path / "mob.json"
     smoke_architecture("nb201").save(nb)
@@ -165,3 +180,34 @@ def test_missing_arch_and_foreign_weights_fail_clearly(tmp_path):
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "nb.safetensors")))
     with pytest.raises(WeightsError, match="another architecture"):
         export.load_weights(timm.create_model("hmnas", arch=mob), tmp_path / "nb.safetensors")
+
+
+def test_pretrained_backbone_loads_the_weights(arch_file, tmp_path):
+    src = timm.create_model("hmnas", arch=arch_file).eval()
+    export.save_weights(src, tmp_path / "model.safetensors")
+    backbone = timm.create_model("hmnas", arch=arch_file, pretrained=True, features_only=True, out_indices=(1, -1),
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))).eval()
+    expected = src.forward_intermediates(_x(), indices=[1, len(src.feature_info) - 1], intermediates_only=True)
+    for a, b in zip(backbone(_x()), expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert backbone.feature_info.channels() == [t.shape[1] for t in expected]
+
+
+def test_unsupported_feature_class_fails_clearly(arch_file):
+    with pytest.raises(ValueError, match="feature_cls='list' needs a sequential model"):
+        timm.create_model("hmnas", arch=arch_file, features_only=True, feature_cls="list")
+
+
+def test_body_that_is_not_a_derived_network_fails_clearly(arch_file):
+    with pytest.raises(ValueError, match="needs a `stem` and `cells` or `blocks`"):
+        HmnasNet(arch_file, body=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)))
+
+
+def test_feature_cfg_passes_through_to_timm(arch_file):
+    full = timm.create_model("hmnas", arch=arch_file)
+    normed = timm.create_model("hmnas", arch=arch_file, features_only=True, feature_cfg={"norm": True})
+    last = full.feature_info[-1]
+    assert normed.feature_info.channels()[-1] == last.get("num_chs_norm", last["num_chs"])
+    assert [t.shape[1] for t in normed.eval()(_x())] == normed.feature_info.channels()
+    fx = timm.create_model("hmnas", arch=arch_file, features_only=True, feature_cfg={"feature_cls": "fx"})
+    assert [t.shape[1] for t in fx.eval()(_x())] == [f["num_chs"] for f in full.feature_info]

@@ -389,7 +389,8 @@ def search_inputs(config: SearchConfig) -> tuple[nn.Module, TensorDataset, Tenso
                              f"(--batch-size {config.batch_size}); raise --subset or lower --batch-size")
     from_data = {"in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes}
     shape = (info.in_channels, info.input_size, info.input_size)
-    space = fit_input(build_space(config.space, **data_args(config.space, config.space_args, from_data, config.dataset)), shape)
+    args = data_args(config.space, config.space_args, from_data, config.dataset)
+    space = fit_input(build_space(config.space, **args), shape)
     space.hmnas_input_shape = list(shape)
     return space, train_split, val_split, info
 
