@@ -49,8 +49,10 @@ def plain_module(module: nn.Module) -> nn.Module | None:
         bound = getattr(type(module), "_bound_type", None)
         if bound is not None and type(module).__module__.startswith("nni."):
             plain = bound(*module.trace_args, **module.trace_kwargs)
-            plain.load_state_dict(module.state_dict())
-            return plain.train(module.training)
+            # every attribute the plain class has, as the layer holds it now (spaces may set eps, momentum ... after
+            # construction), its parameters and buffers included
+            plain.__dict__.update({k: v for k, v in module.__dict__.items() if k in plain.__dict__})
+            return plain
     if isinstance(module, Repeat) and not module.mutables and type(module).forward is Repeat.forward:
         return Blocks(list(module.blocks)).train(module.training)
     return None

@@ -55,16 +55,15 @@ class HMNASLightningModule(DartsLightningModule):
         return optimizer
 
     def configure_architecture_optimizers(self) -> torch.optim.Optimizer:
-        arch = self.arch_parameters()
-        if not arch:
-            raise ValueError("No architecture parameters found: the space has no LayerChoice or InputChoice to search.")
+        arch, masks = self.arch_parameters(), self.mask_parameters()
+        if not arch and not masks:
+            raise ValueError("No architecture parameters found: the space has no choice HMNAS relaxes to search.")
         # alpha/beta as NNI's DARTS trains them; mask scores with a longer momentum, so that only a consistent
-        # straight-through signal (not batch noise) moves a score across the threshold.
-        return torch.optim.Adam([
-            {"params": arch, "lr": self.arc_learning_rate, "weight_decay": 1e-3, "betas": (0.5, 0.999)},
-            {"params": self.mask_parameters(), "lr": self.mask_learning_rate, "weight_decay": 0.0,
-             "betas": (0.9, 0.999)},
-        ])
+        # straight-through signal (not batch noise) moves a score across the threshold. A space of value choices
+        # alone (widths, kernels, depths) has masks and no alpha/beta.
+        groups = [{"params": arch, "lr": self.arc_learning_rate, "weight_decay": 1e-3, "betas": (0.5, 0.999)},
+                  {"params": masks, "lr": self.mask_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)}]
+        return torch.optim.Adam([g for g in groups if g["params"]])
 
     # -- phases
     def phase(self, epoch: int | None = None) -> str:

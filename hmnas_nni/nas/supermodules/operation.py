@@ -78,10 +78,18 @@ class DerivableOperation:
             raise ValueError(f"architecture has no value for {missing}, which a layer of the space uses")
         sample = {label: arch.values[label] for label in labels}
         arguments = {**self.init_arguments, **{k: v.freeze(sample) for k, v in self.mutable_arguments.items()}}
+        if "kernel_size" in self.mutable_arguments:
+            arguments["padding"] = self._cropped_padding(arguments["kernel_size"])
         layer = self.bound_type(**arguments)
         # NNI's freeze_weight names an absent bias as None; the frozen layer has no such entry
         layer.load_state_dict({k: v for k, v in self.freeze_weight(**arguments).items() if v is not None})
         return layer.train(self.training)
+
+    def _cropped_padding(self, kernel: int | tuple[int, int]) -> tuple[int, int]:
+        """The padding that keeps a centre-cropped kernel where the super-kernel was: the supernet pads for its
+        largest kernel (as NNI's mixed convolution does), so a kernel ``2r`` smaller needs ``r`` less padding."""
+        k = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        return tuple(p - (big - small) // 2 for p, big, small in zip(self.padding, self.kernel_size, k))
 
     @classmethod
     def mutate(cls, module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]):
