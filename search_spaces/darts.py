@@ -35,25 +35,31 @@ class Preprocess(nn.Module):
         return [self.pre0(inputs[0]), self.pre1(inputs[1])]
 
 
-class Postprocess(nn.Module):
-    """A cell outputs (previous cell, this cell), so that cells chain with two predecessors."""
-
-    def forward(self, this_cell: torch.Tensor, previous: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [previous[-1], this_cell]
-
-
 def _edge_op(node: int, op_index: int, input_index: int | None, *, name: str, c: int, reduction: bool) -> nn.Module:
     """NNI cell op factory: stride 2 on the edges leaving a reduction cell's inputs."""
     stride = 2 if reduction and (input_index is None or input_index < NUM_PREDECESSORS) else 1
     return darts_op(name, c, stride)
 
 
-def darts_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> Cell:
-    """One NNI ``Cell`` of the space."""
-    ops = {name: partial(_edge_op, name=name, c=c, reduction=reduction) for name in DARTS_OP_NAMES}
-    return Cell(ops, NUM_NODES, num_ops_per_node=2, num_predecessors=NUM_PREDECESSORS, merge_op="all",
-                preprocessor=Preprocess(c_pp, c_p, c, reduction_prev), postprocessor=Postprocess(),
-                label="reduce" if reduction else "normal")
+class CellOutput(nn.Module):
+    """A cell's output is its concatenated nodes (the two-predecessor chaining lives in :class:`DartsNet`)."""
+
+    def forward(self, this_cell: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
+        return this_cell
+
+
+class DartsCell(nn.Module):
+    """One NNI ``Cell`` of the space, called with the outputs of the two cells before it."""
+
+    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> None:
+        super().__init__()
+        ops = {name: partial(_edge_op, name=name, c=c, reduction=reduction) for name in DARTS_OP_NAMES}
+        self.cell = Cell(ops, NUM_NODES, num_ops_per_node=2, num_predecessors=NUM_PREDECESSORS, merge_op="all",
+                         preprocessor=Preprocess(c_pp, c_p, c, reduction_prev), postprocessor=CellOutput(),
+                         label="reduce" if reduction else "normal")
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        return self.cell([s0, s1])
 
 
 class DartsNet(ClassifierNet):
@@ -69,7 +75,7 @@ class DartsNet(ClassifierNet):
             reduction = num_cells >= 3 and i in (num_cells // 3, 2 * num_cells // 3)
             if reduction:
                 c *= 2
-            self.cells.append(darts_cell(c_pp, c_p, c, reduction, reduction_prev))
+            self.cells.append(DartsCell(c_pp, c_p, c, reduction, reduction_prev))
             reduction_prev = reduction
             c_pp, c_p = c_p, NUM_NODES * c
         self.num_features = c_p
@@ -79,7 +85,7 @@ class DartsNet(ClassifierNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = cell([s0, s1])
+            s0, s1 = s1, cell(s0, s1)
         return s1
 
 
