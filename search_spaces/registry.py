@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -52,6 +52,13 @@ def space_factory(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def constructor_parameters(factory: Callable[..., nn.Module]) -> Mapping[str, inspect.Parameter]:
+    """The arguments a space's constructor takes (NNI wraps ``ModelSpace.__init__``; its original is kept)."""
+    init = getattr(factory, "_init_wrapped", None)
+    params = inspect.signature(init if init is not None else factory).parameters
+    return {k: v for k, v in params.items() if k != "self"}
+
+
 def build_space(name: str, **args: Any) -> nn.Module:
     """Create the space ``name`` with JSON-able constructor arguments; it must be an NNI ``ModelSpace``."""
     factory = space_factory(name)
@@ -75,7 +82,7 @@ def data_args(name: str, given: dict[str, Any], data: dict[str, int], dataset: s
     if name in SPACES:
         accepted = {k: k for k in SPACES[name].default_args() if k in data}
     else:
-        params = inspect.signature(factory).parameters
+        params = constructor_parameters(factory)
         accepted = {arg: key for arg, key in DATA_ARGS.items() if arg in params}
     out = dict(given)
     for arg, key in accepted.items():

@@ -24,7 +24,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a space with HM-NAS or one of NNI's one-shot strategies",
                        description="Run one architecture search through NNI and write arch.json, metrics.json, "
                                    "supernet.safetensors and cells.png to --out.")
-    p.add_argument("--space", choices=sorted(SPACES), default=d.space)
+    p.add_argument("--space", default=d.space, help=f"one of {sorted(SPACES)}, or an NNI model space as an import "
+                   "path (nni.nas.hub.pytorch.NasBench201, my_module:MySpace)")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
     p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
     p.add_argument("--epochs", type=int, default=d.epochs)
