@@ -21,26 +21,29 @@ to ``--out`` and prints the HM-NAS/DARTS ratios of time per epoch and peak memor
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
+import io
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import platform
-import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hmnas_nni.format.errors import UsageError
+from hmnas_nni.format.files import atomic_path, write_atomic, write_json
+from hmnas_nni.format.outputs import OutputFolder, check_out_path
+from hmnas_nni.search.config import TINY_SPACE_ARGS, SearchConfig
+from hmnas_nni.search.strategies import STRATEGIES
 
-ALL_STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
+ALL_STRATEGIES = STRATEGIES
 
 # Fields every completed row carries as finite numbers.
 NUMERIC_FIELDS = (
@@ -72,8 +75,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget(
         space="nb201", dataset="digits", epochs=3, subset=192, batch_size=32, seeds=(0,),
-        space_args={"nb201": {"channels": 4}, "darts": {"channels": 4, "num_cells": 3},
-                    "mobile": {"channels": 4}},
+        space_args=TINY_SPACE_ARGS,
         bn_batches=4, retrain_limit=512, threads=1,
         description="CI smoke: scikit-learn digits (8x8), 96 + 96 images, 3 epochs, width 4",
     ),
@@ -94,92 +96,105 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-# --------------------------------------------------------------------------- CLI
-def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hmnas compare`` (called by ``hmnas_nni.cli``)."""
-    p = subparsers.add_parser(
-        "compare", help="benchmark HM-NAS against NNI's one-shot strategies on one space, data split and budget",
-        description=__doc__.split("\n\n")[0])
-    _add_arguments(p)
-    p.set_defaults(func=run_compare)
-    return p
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options shared by ``hmnas compare`` and ``python -m hmnas_nni.experiments.compare``."""
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="tiny",
-                   help="tiny: digits CI smoke; cpu: Fashion-MNIST on nb201 for 2 cores; gpu: DARTS space on one GPU")
-    p.add_argument("--space", default=None, help="override the budget's search space (nb201, darts, mobile)")
-    p.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
-                   help=f"comma-separated subset of {','.join(ALL_STRATEGIES)}")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's)")
-    p.add_argument("--epochs", type=int, default=None, help="override the budget's search epochs")
-    p.add_argument("--subset", type=int, default=None, help="override the budget's training images (half each)")
-    p.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
-    p.add_argument("--space-args", type=json.loads, default=None, help="JSON object replacing the budget's space args")
-    p.add_argument("--retrain", type=int, default=0, metavar="EPOCHS",
-                   help="also retrain every derived network from scratch for EPOCHS and report test accuracy")
-    p.add_argument("--retrain-limit", type=int, default=None,
-                   help="training images for --retrain (default: the budget's; 0 = the whole training set)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per search process (default: the budget's; 1 is steadier on a busy machine)")
-    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the ONNX Runtime latency")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator for the searches (auto, cpu, gpu)")
-    p.add_argument("--out", default=None, help="output folder (default runs/compare-<budget>)")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """Run every (seed, strategy) search in its own process, then write the tables and plots; 0 if all ran."""
-    plan = make_plan(args)
-    out = Path(plan["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"compare: {plan['budget']} budget, space {plan['space']}, {plan['dataset']}, {plan['epochs']} epochs, "
-          f"subset {plan['subset']}, seeds {plan['seeds']}, strategies {plan['strategies']} -> {out}", flush=True)
-    rows: list[dict[str, Any]] = []
-    jobs = [(seed, s) for i, seed in enumerate(plan["seeds"]) for s in _rotate(plan["strategies"], i)]
-    started = time.perf_counter()
-    for k, (seed, strategy) in enumerate(jobs, 1):
-        t0 = time.perf_counter()
-        row = run_job(plan, strategy, seed)
-        rows.append(row)
-        status = row["status"] if row["status"] != "ok" else (
-            f"derived {row['derived_val_acc']:.4f} (gap {row['derivation_gap']:+.4f}), "
-            f"{row['epoch_seconds']:.1f} s/epoch, {row['peak_memory_mb']:.0f} MiB")
-        print(f"[{k}/{len(jobs)}] {strategy} seed {seed}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if row["status"] != "ok":
-            print(f"    {row['reason']}", flush=True)
-        write_results(out, plan, rows, time.perf_counter() - started)
-    summary = write_results(out, plan, rows, time.perf_counter() - started)
-    for line in ratio_lines(summary):
-        print(line)
-    print(f"wrote {out / 'results.json'}, results.csv, table.md, acc_vs_params.png, acc_vs_time.png")
-    failed = [r for r in rows if r["status"] == "failed"]
-    return 1 if failed else 0
-
-
-def make_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve a budget and the command-line overrides into one JSON-able plan."""
-    budget = BUDGETS[args.budget]
-    space = args.space or budget.space
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in ALL_STRATEGIES]
-    if unknown or not strategies:
-        raise ValueError(f"unknown strategies {unknown}; choose from {list(ALL_STRATEGIES)}")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(budget.seeds)
-    space_args = args.space_args if args.space_args is not None else dict(budget.space_args.get(space, {}))
-    retrain_limit = budget.retrain_limit if args.retrain_limit is None else (args.retrain_limit or None)
-    return {
-        "budget": args.budget, "space": space, "dataset": budget.dataset,
-        "epochs": args.epochs or budget.epochs, "subset": args.subset or budget.subset,
-        "batch_size": args.batch_size or budget.batch_size, "space_args": space_args, "seeds": seeds,
-        "strategies": strategies, "bn_batches": budget.bn_batches, "retrain": int(args.retrain),
-        "retrain_limit": retrain_limit, "threads": args.threads or budget.threads, "latency": bool(args.latency),
-        "data_root": args.data_root,
-        "accelerator": args.accelerator, "out": str(args.out or f"runs/compare-{args.budget}"),
-        "command": " ".join(["hmnas", "compare", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"]
-        else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+# --------------------------------------------------------------------------- plan
+def make_plan(budget: str = "tiny", space: str | None = None, strategies: str | list[str] | None = None,
+              seeds: str | list[int] | None = None, epochs: int | None = None, subset: int | None = None,
+              batch_size: int | None = None, space_args: dict[str, Any] | None = None, retrain: int = 0,
+              retrain_limit: int | None = None, threads: int | None = None, latency: bool = True,
+              data_root: str | None = None, accelerator: str = "auto", out: str | None = None, force: bool = False,
+              command: str = "") -> dict[str, Any]:
+    """Resolve a budget and its overrides into one JSON-able plan, every value checked before any search runs."""
+    if budget not in BUDGETS:
+        raise UsageError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
+    b = BUDGETS[budget]
+    space = space or b.space
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if isinstance(strategies, str) else \
+        list(strategies or ALL_STRATEGIES)
+    unknown = [s for s in names if s not in ALL_STRATEGIES]
+    if unknown or not names:
+        raise UsageError(f"unknown strategies {unknown}; choose from {list(ALL_STRATEGIES)}")
+    plan = {
+        "budget": budget, "space": space, "dataset": b.dataset, "epochs": epochs or b.epochs,
+        "subset": subset or b.subset, "batch_size": batch_size or b.batch_size,
+        "space_args": space_args if space_args is not None else dict(b.space_args.get(space, {})),
+        "seeds": _seeds(seeds, b.seeds), "strategies": names, "bn_batches": b.bn_batches, "retrain": retrain,
+        "retrain_limit": b.retrain_limit if retrain_limit is None else (retrain_limit or None),
+        "threads": threads or b.threads, "latency": bool(latency), "data_root": data_root,
+        "accelerator": accelerator, "out": str(out if out is not None else f"runs/compare-{budget}"), "force": force,
+        "command": command,
     }
+    _check_plan(plan)
+    return plan
+
+
+def _seeds(seeds: str | list[int] | None, default: tuple[int, ...]) -> list[int]:
+    """Seeds from ``"0,1,2"`` or a list."""
+    if seeds is None:
+        return list(default)
+    try:
+        return [int(s) for s in seeds.split(",")] if isinstance(seeds, str) else [int(s) for s in seeds]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+
+
+def _check_plan(plan: dict[str, Any]) -> None:
+    """Every option in range: the searches' own checks on each strategy's config, then the comparison's."""
+    for name, low in (("retrain", 0), ("threads", 1), ("bn_batches", 1)):
+        value = plan[name]
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+    if plan["retrain_limit"] is not None and plan["retrain_limit"] < 1:
+        raise UsageError(f"retrain_limit must be a positive integer, got {plan['retrain_limit']!r}")
+    if not plan["seeds"]:
+        raise UsageError("--seeds names no seed; pass e.g. --seeds 0,1,2")
+    check_out_path(plan["out"])
+    for strategy in plan["strategies"]:
+        for seed in plan["seeds"]:
+            search_config(plan, strategy, seed, Path(plan["out"])).validate()
+
+
+def search_config(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> SearchConfig:
+    """The search one (strategy, seed) job of ``plan`` runs."""
+    return SearchConfig(
+        space=plan["space"], dataset=plan["dataset"], strategy=strategy, epochs=plan["epochs"],
+        subset=plan["subset"], seed=seed, out=str(folder / "search"), batch_size=plan["batch_size"],
+        space_args=dict(plan["space_args"]), data_root=plan["data_root"], accelerator=plan["accelerator"],
+        progress=False)
+
+
+# --------------------------------------------------------------------------- running
+def run_compare(plan: dict[str, Any], log: Callable[[str], None] = print) -> int:
+    """Run every (seed, strategy) search in its own process, then write the tables and plots; 0 if all ran."""
+    with OutputFolder(plan["out"], "hmnas compare", force=plan["force"]) as folder:
+        folder.clear_previous()
+        out = folder.path
+        log(f"compare: {plan['budget']} budget, space {plan['space']}, {plan['dataset']}, {plan['epochs']} epochs, "
+            f"subset {plan['subset']}, seeds {plan['seeds']}, strategies {plan['strategies']} -> {out}")
+        rows: list[dict[str, Any]] = []
+        jobs = [(seed, s) for i, seed in enumerate(plan["seeds"]) for s in _rotate(plan["strategies"], i)]
+        started = time.perf_counter()
+        for k, (seed, strategy) in enumerate(jobs, 1):
+            t0 = time.perf_counter()
+            row = run_job(plan, strategy, seed)
+            rows.append(row)
+            log(f"[{k}/{len(jobs)}] {strategy} seed {seed}: {_row_line(row)} ({time.perf_counter() - t0:.0f} s)")
+            if row["status"] != "ok":
+                log(f"    {row['reason']}")
+            write_results(out, plan, rows, time.perf_counter() - started)
+        summary = write_results(folder.staging, plan, rows, time.perf_counter() - started)
+        folder.commit("results.json")
+    for line in ratio_lines(summary):
+        log(line)
+    log(f"wrote {out / 'results.json'}, results.csv, table.md, acc_vs_params.png, acc_vs_time.png")
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    """One line for a finished job."""
+    if row["status"] != "ok":
+        return row["status"]
+    return (f"derived {row['derived_val_acc']:.4f} (gap {row['derivation_gap']:+.4f}), "
+            f"{row['epoch_seconds']:.1f} s/epoch, {row['peak_memory_mb']:.0f} MiB")
 
 
 def _rotate(items: list[str], k: int) -> list[str]:
@@ -222,9 +237,7 @@ def _child(plan: dict[str, Any], strategy: str, seed: int, run_dir: str) -> None
         traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0][:400]
         row.update(status="failed", reason=f"{type(e).__name__}: {first}")
-    tmp = folder / ".row.json.tmp"
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    os.replace(tmp, folder / "row.json")
+    write_json(folder / "row.json", row)
 
 
 class EnasUnavailable(RuntimeError):
@@ -246,80 +259,69 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
     import torch
     from safetensors.torch import load_file
 
-    import hmnas_nni.search.run as search
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.nas.materialize import materialize
     from hmnas_nni.search.data import load_dataset, search_splits
-    from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
+    from hmnas_nni.search.derive import derived_network
+    from hmnas_nni.search.evaluation import accuracy, count_parameters
+    from hmnas_nni.search.run import run_search
 
     notes: list[str] = []
     if strategy == "enas":
         enas_ready()
         notes.append("ENAS ran as hmnas_nni.search.nni_enas.LightningENAS (NNI's ENAS with tagged batches)")
-
-    captured: dict[str, Any] = {}
-    make_strategy = search.make_strategy
-
-    def capture(config: Any) -> Any:
-        captured["strategy"] = make_strategy(config)
-        return captured["strategy"]
-
-    search.make_strategy = capture  # keep a handle on the strategy, hence on the trained supernet
-    config = search.SearchConfig(
-        space=plan["space"], dataset=plan["dataset"], strategy=strategy, epochs=plan["epochs"],
-        subset=plan["subset"], seed=seed, out=str(folder / "search"), batch_size=plan["batch_size"],
-        space_args=dict(plan["space_args"]), data_root=plan["data_root"], accelerator=plan["accelerator"],
-        progress=False)
+    config = search_config(plan, strategy, seed, folder)
     if plan.get("threads"):
         torch.set_num_threads(plan["threads"])
     rss_start = psutil.Process().memory_info().rss / 2**20
-    final = search.run_search(config)
-    search.make_strategy = make_strategy
-
+    result = run_search(config)
+    final = result.final
     train, _test, info = load_dataset(plan["dataset"], plan["data_root"])
     train_split, val_split = search_splits(train, plan["subset"], seed)
-    bs, nbn = plan["batch_size"], plan["bn_batches"]
-    supernet = captured["strategy"].supernet
-    device = next(supernet.parameters()).device
+    device = next(result.strategy.supernet.parameters()).device
 
     # derived network rebuilt from the files the search wrote (not from the live supernet)
     arch = Architecture.load(folder / "search" / "arch.json")
-    derived = materialize(arch, load_file(str(folder / "search" / "supernet.safetensors"))).to(device).eval()
-    derived_files = accuracy(derived, val_split, bs, device)
-    derived_bn = accuracy(recalibrate_batchnorm(copy.deepcopy(derived), train_split, nbn, bs, device),
-                          val_split, bs, device)
+    derived = derived_network(arch, load_file(str(folder / "search" / "supernet.safetensors"))).to(device).eval()
+    derived_files = accuracy(derived, val_split, plan["batch_size"], device)
+    if abs(derived_files - final["derived_val_acc"]) > 1e-9:
+        notes.append(f"derived accuracy from the files ({derived_files:.4f}) differs from the search's "
+                     f"({final['derived_val_acc']:.4f})")
+    bn = _batchnorm_reestimated(plan, result.strategy.supernet, derived, (train_split, val_split), device, notes)
+    cpu_net = derived.cpu().eval()
+    shape = (info.in_channels, info.input_size, info.input_size)
+    row: dict[str, Any] = {
+        "epoch_seconds": final["epoch_seconds"], "peak_memory_mb": final["peak_memory_mb"],
+        "peak_memory_over_start_mb": final["peak_memory_mb"] - rss_start, "search_seconds": final["search_seconds"],
+        "supernet_val_acc": final["supernet_val_acc"], "derived_val_acc": final["derived_val_acc"],
+        "derivation_gap": final["derivation_gap"], "derived_val_acc_from_files": derived_files,
+        **bn,
+        "ops_kept": final["ops_kept"], "edges_kept": final["edges_kept"], "params": count_parameters(cpu_net),
+        "flops": count_flops(cpu_net, shape), "val_images": len(val_split), "train_images": len(train_split),
+        "device": "cuda" if device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
+    }
+    row.update(ort_latency(cpu_net, shape, folder / "derived.onnx") if plan["latency"] else {"latency_ms": None})
+    if plan["retrain"] > 0:
+        row.update(retrain_from_scratch(plan, folder, seed))
+    row["notes"] = notes
+    return row
+
+
+def _batchnorm_reestimated(plan: dict[str, Any], supernet: Any, derived: Any, halves: tuple[Any, Any], device: Any,
+                           notes: list[str]) -> dict[str, float]:
+    """Supernet and derived accuracy after re-estimating BN statistics on a few training batches, and their gap."""
+    from hmnas_nni.search.evaluation import accuracy, recalibrate_batchnorm
+
+    bs, nbn = plan["batch_size"], plan["bn_batches"]
+    train, val = halves
+    derived_bn = accuracy(recalibrate_batchnorm(copy.deepcopy(derived), train, nbn, bs, device), val, bs, device)
     try:
         supernet_copy = copy.deepcopy(supernet)
     except Exception as e:  # noqa: BLE001 - then re-estimate in place: the search is over and saved
         notes.append(f"supernet could not be copied ({type(e).__name__}); BN re-estimated in place after saving")
         supernet_copy = supernet
-    supernet_bn = accuracy(recalibrate_batchnorm(supernet_copy, train_split, nbn, bs, device), val_split, bs, device)
-    if abs(derived_files - final["derived_val_acc"]) > 1e-9:
-        notes.append(f"derived accuracy from the files ({derived_files:.4f}) differs from the search's "
-                     f"({final['derived_val_acc']:.4f})")
-
-    cpu_net = derived.cpu().eval()
-    shape = (info.in_channels, plan["space_args"].get("input_size", info.input_size),
-             plan["space_args"].get("input_size", info.input_size))
-    row: dict[str, Any] = {
-        "epoch_seconds": final["epoch_seconds"], "peak_memory_mb": final["peak_memory_mb"],
-        "peak_memory_over_start_mb": final["peak_memory_mb"] - rss_start, "search_seconds": final["search_seconds"],
-        "supernet_val_acc": final["supernet_val_acc"], "derived_val_acc": final["derived_val_acc"],
-        "derivation_gap": final["derivation_gap"],
-        "supernet_val_acc_bn": supernet_bn, "derived_val_acc_bn": derived_bn,
-        "derivation_gap_bn": supernet_bn - derived_bn, "derived_val_acc_from_files": derived_files,
-        "ops_kept": final["ops_kept"], "edges_kept": final["edges_kept"], "params": count_parameters(cpu_net),
-        "flops": count_flops(cpu_net, shape), "val_images": len(val_split), "train_images": len(train_split),
-        "device": "cuda" if device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
-    }
-    if plan["latency"]:
-        row.update(ort_latency(cpu_net, shape, folder / "derived.onnx"))
-    else:
-        row["latency_ms"] = float("nan")
-    if plan["retrain"] > 0:
-        row.update(retrain_from_scratch(plan, folder, seed))
-    row["notes"] = notes
-    return row
+    supernet_bn = accuracy(recalibrate_batchnorm(supernet_copy, train, nbn, bs, device), val, bs, device)
+    return {"supernet_val_acc_bn": supernet_bn, "derived_val_acc_bn": derived_bn,
+            "derivation_gap_bn": supernet_bn - derived_bn}
 
 
 def count_flops(model: Any, shape: tuple[int, int, int]) -> int:
@@ -454,27 +456,21 @@ def write_results(out: Path, plan: dict[str, Any], rows: list[dict[str, Any]], s
                                          "cpus": os.cpu_count(), "machine": platform.machine(),
                                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
            "wall_seconds": seconds, "rows": rows, "summary": summary}
-    _atomic(out / "results.json", json.dumps(doc, indent=2, default=str) + "\n")
-    with open(out / ".results.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    os.replace(out / ".results.csv.tmp", out / "results.csv")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_atomic(out / "results.csv", buf.getvalue())
     head = (f"Budget `{plan['budget']}`: space `{plan['space']}` {plan['space_args']}, {plan['dataset']}, "
             f"{plan['epochs']} epochs, subset {plan['subset']}, batch {plan['batch_size']}, seeds {plan['seeds']}.\n"
             "Accuracies on the architecture (validation) half of the subset, in %; gaps in points; "
             "mean ± sample standard deviation over seeds.\n\n")
-    _atomic(out / "table.md", head + markdown_table(summary, plan["strategies"]) + "\n"
-            + "\n".join(ratio_lines(summary)) + "\n")
+    write_atomic(out / "table.md", head + markdown_table(summary, plan["strategies"]) + "\n"
+                 + "\n".join(ratio_lines(summary)) + "\n")
     plot_results(out, rows, plan["strategies"])
+    write_json(out / "results.json", doc)
     return summary
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot_results(out: Path, rows: list[dict[str, Any]], strategies: list[str]) -> None:
@@ -503,22 +499,6 @@ def plot_results(out: Path, rows: list[dict[str, Any]], strategies: list[str]) -
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hmnas_nni.experiments.compare``: the same options as ``hmnas compare``."""
-    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.experiments.compare",
-                                     description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_compare(args)
-    except ValueError as e:
-        print(f"compare: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,6 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from hmnas_nni.format.files import publish
+from hmnas_nni.format.weights import check_weights
 
 __all__ = [
     "HmnasNet", "WeightsError", "ArchLike", "ARCH_DIR", "resolve_architecture", "arch_pretrained_cfg",
@@ -234,6 +235,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"weights file {path} is not a readable safetensors file ({msg}); it may be truncated or of another "
             "format: re-run `hmnas retrain` or pass the model.safetensors it wrote"
         ) from None
+    check_weights(sd, path, WeightsError)
     return sd, meta
 
 

@@ -10,13 +10,11 @@ import random
 from typing import Any
 
 from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.search.config import TINY_SPACE_ARGS
 
-# Smallest sizes of each space that still have every kind of cell: 8x8 one-channel input (the digits set).
-SMOKE_ARGS: dict[str, dict[str, int]] = {
-    "nb201": {"in_channels": 1, "input_size": 8, "channels": 4},
-    "darts": {"in_channels": 1, "input_size": 8, "channels": 4, "num_cells": 3},
-    "mobile": {"in_channels": 1, "input_size": 8, "channels": 4},
-}
+# The tiny sizes of every space (one definition, in the search config) on 8x8 one-channel input (the digits set).
+SMOKE_ARGS: dict[str, dict[str, int]] = {name: {"in_channels": 1, "input_size": 8, **args}
+                                         for name, args in TINY_SPACE_ARGS.items()}
 
 
 def smoke_architecture(space: str, seed: int = 0) -> Architecture:

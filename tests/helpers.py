@@ -6,13 +6,10 @@ import hmnas_nni.spaces as search_spaces
 import torch
 
 from hmnas_nni import HMNAS
-from hmnas_nni.search.run import to_architecture
+from hmnas_nni.search.config import TINY_SPACE_ARGS
+from hmnas_nni.search.derive import to_architecture
 
-TINY_ARGS = {
-    "nb201": {"channels": 4, "input_size": 8},
-    "darts": {"channels": 4, "num_cells": 3, "input_size": 8},
-    "mobile": {"channels": 4, "input_size": 8},
-}
+TINY_ARGS = {name: {**args, "input_size": 8} for name, args in TINY_SPACE_ARGS.items()}
 
 
 def tiny_space(name: str):

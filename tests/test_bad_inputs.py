@@ -80,7 +80,7 @@ def cifar(folder: Path, batch: object) -> Path:
 
 def search_checkpoint(path: Path, epoch: int, **config: object) -> None:
     """A checkpoint as `hmnas search` writes it (what --resume reads of it: epoch, state_dict, config)."""
-    from hmnas_nni.search.run import SearchConfig
+    from hmnas_nni.search.config import SearchConfig
 
     cfg = asdict(SearchConfig(**config))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hmnas_nni.format.architecture import Architecture  # noqa: E402
-from hmnas_nni.spaces import CellGraph, build_space, liveness  # noqa: E402
+from hmnas_nni.format.files import atomic_path  # noqa: E402
+from hmnas_nni.spaces import CellGraph, Edge, build_space, liveness  # noqa: E402
 from hmnas_nni.spaces.derived import kept_edges  # noqa: E402
 
 
-def _edge_text(arch: Architecture, graph: CellGraph, e) -> str:
+def _edge_text(arch: Architecture, e: Edge) -> str:
+    """The label of one edge: its gate weight and its kept ops with their weights."""
     ops = arch.ops.get(e.op_label, [])
     lines = [f"{o['op']} {o['weight']:.2f}" for o in ops]
     if e.input_label is not None:
@@ -36,7 +38,7 @@ def _draw_cell(ax, arch: Architecture, graph: CellGraph) -> None:
         ax.annotate("", xy=(x1, 0), xytext=(x0, 0),
                     arrowprops=dict(arrowstyle="-|>", color=f"C{k % 10}", connectionstyle=f"arc3,rad={-rad}", lw=1.4))
         height = rad * (x1 - x0) / 2
-        ax.text((x0 + x1) / 2, height + 0.05, _edge_text(arch, graph, e), ha="center", va="bottom",
+        ax.text((x0 + x1) / 2, height + 0.05, _edge_text(arch, e), ha="center", va="bottom",
                 fontsize=6.5, color=f"C{k % 10}", zorder=5,  # arcs bend in display space: keep labels readable
                 bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.5))
     for n in range(n_total):
@@ -76,9 +78,11 @@ def plot_architecture(arch: Architecture, path: str | os.PathLike) -> Path:
     fig.suptitle(f"HM-NAS derived architecture ({arch.strategy}) on space {arch.space!r}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=130, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -24,21 +24,29 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import Sampler
+
+from hmnas_nni.format.errors import UsageError
+from hmnas_nni.format.files import atomic_path
 
 _logger = logging.getLogger(__name__)
 
 #: SearchConfig fields that may differ between a run and its resume (where to run, how to show it, budget).
 RESUMABLE_CHANGES = frozenset({"out", "resume", "epochs", "progress", "num_workers", "accelerator", "devices",
-                               "distributed"})
+                               "distributed", "force"})
 
 
-class ResumeError(ValueError):
+class ResumeError(UsageError):
     """A ``--resume`` folder or checkpoint that cannot continue this search; the message says why and what to do."""
 
 
 class SearchInterrupted(Exception):
-    """The search stopped on SIGTERM / SIGINT; ``signum`` says which, the checkpoints say where."""
+    """The search stopped on SIGTERM / SIGINT at a step boundary; ``signum`` says which, the checkpoints say where.
+
+    (Raised inside Lightning's loop, so an ``Exception``; outside the loop a signal raises
+    :class:`hmnas_nni.format.errors.Interrupted`.)
+    """
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
@@ -199,7 +207,11 @@ class GracefulStop(pl.Callback):
         stop = self.interruption(exception)
         if isinstance(stop, SearchInterrupted) and trainer.world_size == 1:
             path = self.checkpoint_dir / "interrupted.ckpt"
-            trainer.save_checkpoint(path)
+            try:
+                trainer.save_checkpoint(path)
+            except OSError as e:  # a full disk must not hide the stop itself
+                _logger.warning("%s; could not write %s: %s", stop, path, e)
+                return
             _logger.warning("%s; wrote %s", stop, path)
 
     def interruption(self, exception: BaseException) -> BaseException:
@@ -218,6 +230,20 @@ class GracefulStop(pl.Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class InFolderCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, saving through a temporary file in the checkpoint's own folder.
+
+    Lightning's own writer stages the file elsewhere and copies it over the old one, so a full disk left a
+    truncated ``last.ckpt``; here the old checkpoint stays until the new one is complete and renamed.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("InFolderCheckpointIO takes no storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class EpochCheckpoint(pl.callbacks.ModelCheckpoint):
