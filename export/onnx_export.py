@@ -23,14 +23,13 @@ import torch
 from hmnas_nni.format.errors import CheckFailed, UsageError
 from hmnas_nni.format.files import atomic_path, sha256, write_json
 from hmnas_nni.format.outputs import OutputFolder
+from hmnas_nni.format.weights import SUPERNET_FORMAT
 
 from .hmnas_timm import HmnasNet, load_weights, resolve_architecture
 
 DEFAULT_OPSET = 21
 #: The oldest opset torch's exporter writes (it silently writes 18 for anything older).
 MIN_OPSET = 18
-#: Safetensors metadata ``format`` of a search's supernet (see ``hmnas_nni.search.run``).
-SUPERNET_FORMAT = "hmnas-supernet/1"
 FP32_TOL = 1e-4
 # Half precision keeps ~3 decimal digits: allow 1e-2 absolute plus 1e-2 of the logits' scale.
 FP16_ABS_TOL = 1e-2
@@ -149,9 +148,10 @@ def refuse_supernet(weights: str | Path, arch_path: Any) -> None:
                                                           all(k.startswith("net.") for k in keys))
     if looks_like:
         folder = Path(weights).parent
+        arch = folder / "arch.json" if (folder / "arch.json").is_file() else arch_path
         raise ExportError(f"{weights} is a search's supernet (every candidate op), not a network's weights; make "
-                          f"them first: hmnas retrain {arch_path} --from-supernet {folder} --epochs 0 --out "
-                          f"{folder}-model, then pass {folder}-model/model.safetensors")
+                          f"them first: hmnas retrain {arch} --from-supernet {folder} --epochs 0 --out "
+                          f"{folder}-model, then pass {folder}-model/arch.json and {folder}-model/model.safetensors")
 
 
 def load_onnx(path: str | Path) -> Any:

@@ -141,7 +141,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def kept_advice(args: argparse.Namespace, error: BaseException) -> str:
     """After an interrupted or failed run: the output folder keeps what it held."""
     from hmnas_nni.export.onnx_export import ParityFailed
+    from hmnas_nni.format.outputs import results_in
 
-    if isinstance(error, ParityFailed) or not Path(args.out).is_dir():
+    if isinstance(error, ParityFailed) or not results_in(Path(args.out)):
         return ""
     return f"; {args.out} keeps the results it held before"

@@ -59,7 +59,7 @@ def search_advice(args: argparse.Namespace, error: BaseException) -> str:
     out = getattr(args, "out_folder", None)
     if out is None:
         return ""
-    if isinstance(error, NumericalFault):
+    if isinstance(error, NumericalFault) or isinstance(error, OSError):
         return (f"; the last good checkpoint is {Path(out)}/checkpoints/last.ckpt, the metrics so far are in "
                 f"{Path(out) / 'metrics.json'}")
     if hasattr(error, "signum"):

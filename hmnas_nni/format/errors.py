@@ -44,5 +44,9 @@ def describe_os_error(e: OSError) -> BaseException | None:
         return ResourceError(f"no space left on the device while writing {where}; free some space or pass an "
                              "--out on another disk (the results written before this stay as they were)")
     if e.errno in NOT_WRITABLE:
+        home = os.path.expanduser("~")
+        if e.filename is not None and os.path.abspath(str(e.filename)).startswith(home.rstrip("/") + "/"):
+            return UsageError(f"cannot write {where}: {os.strerror(e.errno)}; NNI keeps a list of experiments in "
+                              "~/nni-experiments: make HOME writable, or set HOME to a folder you can write to")
         return UsageError(f"cannot write {where}: {os.strerror(e.errno)}; pass an --out folder you can write to")
     return None

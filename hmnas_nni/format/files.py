@@ -54,6 +54,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         publish(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write() names no file: name the one being written
+            e.filename = str(path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -128,9 +128,10 @@ class OutputFolder:
             self.previous = results_in(self.path)
             if self.previous and not (self.force or self.resume):
                 self._unlock()
+                shown = ", ".join(n for n in self.previous if n != MANIFEST)
                 raise OutputExists(
-                    f"{self.path} already holds another run's results ({', '.join(self.previous)}); continue that "
-                    "search with --resume, pass a new --out folder, or pass --force to replace those results")
+                    f"{self.path} already holds another run's results ({shown}); pass a new --out folder, or "
+                    "--force to replace those results as a whole (a stopped search continues with --resume)")
             self._files = read_manifest(self.path).get("files")
             self._record("running")
             self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))

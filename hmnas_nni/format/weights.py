@@ -8,6 +8,8 @@ from typing import Any
 
 from .errors import UsageError
 
+#: safetensors metadata ``format`` of a search's ``supernet.safetensors`` (every candidate op, not a network).
+SUPERNET_FORMAT = "hmnas-supernet/1"
 #: Integer buffers a network legitimately carries (BatchNorm's batch counter).
 INTEGER_BUFFERS = ("num_batches_tracked",)
 

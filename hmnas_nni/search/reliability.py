@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import random
@@ -242,8 +243,10 @@ class InFolderCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError("InFolderCheckpointIO takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialised first, so a full disk surfaces as an OSError of the write
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            tmp.write_bytes(buffer.getbuffer())
 
 
 class EpochCheckpoint(pl.callbacks.ModelCheckpoint):
@@ -252,12 +255,14 @@ class EpochCheckpoint(pl.callbacks.ModelCheckpoint):
     (Lightning saves ``last`` only alongside a top-k checkpoint, and a search has no metric to rank by.)
     """
 
-    def __init__(self, dirpath: str | Path) -> None:
+    def __init__(self, dirpath: str | Path, saved_epoch: int | None = None) -> None:
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, save_on_train_epoch_end=True)
+        self.saved_epoch = saved_epoch  # the epoch last.ckpt holds (None: no checkpoint yet)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.saved_epoch = trainer.current_epoch
 
 
 def checkpoint_path(folder: str | Path) -> Path:

@@ -34,8 +34,9 @@ from nni.nas.experiment import NasExperiment
 
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.errors import Interrupted
-from hmnas_nni.format.files import atomic_path, write_atomic
+from hmnas_nni.format.files import write_atomic
 from hmnas_nni.format.outputs import OutputFolder
+from hmnas_nni.format.weights import SUPERNET_FORMAT
 from hmnas_nni.nas.materialize import supernet_state
 
 from .config import SearchConfig
@@ -73,6 +74,7 @@ class _Run:
     config: SearchConfig
     inputs: SearchInputs
     monitor: SearchMonitor
+    checkpoint: EpochCheckpoint
     stopper: GracefulStop
     strategy: Any
     experiment: NasExperiment
@@ -99,16 +101,17 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     Under ``distributed="ddp"`` every rank runs this function; only rank 0 claims the folder and writes results.
     """
     config.validate()
-    resume_from = None
+    resume_from, saved_epoch = None, None
     if config.resume is not None:
         resume_from, _saved, done = check_resumable(asdict(config), config.resume)
+        saved_epoch = done - 1
         _logger.info("resuming from %s after %d finished epoch(s)", resume_from, done)
     seed_everything(config.seed)
     inputs = search_inputs(config)
     with _claim(config) as folder:
         if folder is not None:
             folder.clear_previous()
-        run = _prepare(config, inputs, on_epoch_end, resume_from)
+        run = _prepare(config, inputs, on_epoch_end, resume_from, saved_epoch)
         try:
             seconds = _fit(run)
             return _finish(run, folder, seconds)
@@ -129,13 +132,14 @@ def _claim(config: SearchConfig) -> contextlib.AbstractContextManager[OutputFold
 
 
 def _prepare(config: SearchConfig, inputs: SearchInputs, on_epoch_end: Callable[[dict], None] | None,
-             resume_from: Path | None) -> _Run:
+             resume_from: Path | None, saved_epoch: int | None) -> _Run:
     """Evaluator, callbacks, strategy and NasExperiment of one search."""
     out = Path(config.out)
     monitor = SearchMonitor(config, inputs.space, inputs.val, on_epoch_end)
     samplers = [EpochSampler(len(inputs.train), config.seed, 0), EpochSampler(len(inputs.val), config.seed, 1)]
     stopper = GracefulStop(out / "checkpoints")
-    callbacks = [SearchState(asdict(config), samplers), monitor, EpochCheckpoint(out / "checkpoints"), stopper]
+    checkpoint = EpochCheckpoint(out / "checkpoints", saved_epoch=saved_epoch)
+    callbacks = [SearchState(asdict(config), samplers), monitor, checkpoint, stopper]
     evaluator = _evaluator(config, inputs, samplers, callbacks)
     if resume_from is not None:
         # what NNI's OneShotStrategy.load_state_dict({"ckpt_path": ...}) does, set before the run starts
@@ -144,7 +148,7 @@ def _prepare(config: SearchConfig, inputs: SearchInputs, on_epoch_end: Callable[
     experiment = NasExperiment(inputs.space, evaluator, strategy)
     rank_dir = "nni" if is_global_zero() else f"nni-rank{os.environ.get('RANK', os.environ.get('LOCAL_RANK'))}"
     experiment.config.experiment_working_directory = str((out / rank_dir).resolve())
-    return _Run(config, inputs, monitor, stopper, strategy, experiment)
+    return _Run(config, inputs, monitor, checkpoint, stopper, strategy, experiment)
 
 
 def _evaluator(config: SearchConfig, inputs: SearchInputs, samplers: list[EpochSampler],
@@ -192,9 +196,12 @@ def _record_stop(run: _Run, stop: BaseException) -> None:
     monitor = _find_callback(run.strategy, SearchMonitor) or run.monitor
     if monitor.global_rank != 0:
         return
+    checkpoint = _find_callback(run.strategy, EpochCheckpoint) or run.checkpoint
+    saved = checkpoint.saved_epoch if checkpoint.saved_epoch is not None else -1
+    history = [h for h in monitor.history if h["epoch"] <= saved]  # the epochs --resume does not run again
     stopped = isinstance(stop, (SearchInterrupted, Interrupted, KeyboardInterrupt))
     try:
-        write_metrics(Path(run.config.out), run.config, run.inputs.space, monitor.history,
+        write_metrics(Path(run.config.out), run.config, run.inputs.space, history,
                       status="interrupted" if stopped else "failed", error=f"{type(stop).__name__}: {stop}")
     except OSError as e:
         _logger.warning("could not record the search's status in metrics.json: %s", e)
@@ -247,13 +254,9 @@ def _find_callback(strategy: Any, kind: type[CallbackT]) -> CallbackT | None:
 
 def _save_supernet(supernet: torch.nn.Module, path: Path) -> None:
     """The supernet body's weights and BN statistics (architecture parameters live in the checkpoint)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in supernet_state(supernet).items()
              if "_arch_alpha" not in k and "_edge_gate" not in k and "masks." not in k}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": SUPERNET_FORMAT})
+    write_atomic(path, save(state, metadata={"format": SUPERNET_FORMAT}))
 
-
-#: safetensors metadata of ``supernet.safetensors``: lets ``hmnas export`` tell a supernet from a model.
-SUPERNET_FORMAT = "hmnas-supernet/1"
