@@ -114,17 +114,22 @@ def make_plan(budget: str = "tiny", space: str | None = None, strategies: str | 
     if unknown or not names:
         raise UsageError(f"unknown strategies {unknown}; choose from {list(ALL_STRATEGIES)}")
     plan = {
-        "budget": budget, "space": space, "dataset": b.dataset, "epochs": epochs or b.epochs,
-        "subset": subset or b.subset, "batch_size": batch_size or b.batch_size,
+        "budget": budget, "space": space, "dataset": b.dataset, "epochs": _given(epochs, b.epochs),
+        "subset": _given(subset, b.subset), "batch_size": _given(batch_size, b.batch_size),
         "space_args": space_args if space_args is not None else dict(b.space_args.get(space, {})),
         "seeds": _seeds(seeds, b.seeds), "strategies": names, "bn_batches": b.bn_batches, "retrain": retrain,
         "retrain_limit": b.retrain_limit if retrain_limit is None else (retrain_limit or None),
-        "threads": threads or b.threads, "latency": bool(latency), "data_root": data_root,
+        "threads": _given(threads, b.threads), "latency": bool(latency), "data_root": data_root,
         "accelerator": accelerator, "out": str(out if out is not None else f"runs/compare-{budget}"), "force": force,
         "command": command,
     }
     _check_plan(plan)
     return plan
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (0 is given, and then refused by the checks)."""
+    return default if value is None else value
 
 
 def _seeds(seeds: str | list[int] | None, default: tuple[int, ...]) -> list[int]:

@@ -247,6 +247,7 @@ def _arch_key(arch: Architecture) -> dict[str, Any]:
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map plain derived-network keys onto :class:`HmnasNet` keys and reject weights of another architecture."""
+    check_weights(state_dict, "pretrained weights", WeightsError)
     out: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
         if not k.startswith(("body.", "classifier.")):

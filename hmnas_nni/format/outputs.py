@@ -122,16 +122,11 @@ class OutputFolder:
 
     # -- claim and release
     def __enter__(self) -> OutputFolder:
+        self._refuse_results()  # before the lock file exists: a refused run creates nothing
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
-            self.previous = results_in(self.path)
-            if self.previous and not (self.force or self.resume):
-                self._unlock()
-                shown = ", ".join(n for n in self.previous if n != MANIFEST)
-                raise OutputExists(
-                    f"{self.path} already holds another run's results ({shown}); pass a new --out folder, or "
-                    "--force to replace those results as a whole (a stopped search continues with --resume)")
+            self._refuse_results()  # again under the lock: another run may have finished meanwhile
             self._files = read_manifest(self.path).get("files")
             self._record("running")
             self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
@@ -139,6 +134,16 @@ class OutputFolder:
             self._unlock()
             raise (describe_os_error(e) or e) from None
         return self
+
+    def _refuse_results(self) -> None:
+        """Refuse a folder holding another run's results, unless ``force`` or ``resume``."""
+        self.previous = results_in(self.path)
+        if self.previous and not (self.force or self.resume):
+            self._unlock()
+            shown = ", ".join(n for n in self.previous if n != MANIFEST)
+            raise OutputExists(
+                f"{self.path} already holds another run's results ({shown}); pass a new --out folder, or "
+                "--force to replace those results as a whole (a stopped search continues with --resume)")
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
