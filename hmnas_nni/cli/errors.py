@@ -36,8 +36,11 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], Callable[[BaseExcept
 
 def as_known(e: BaseException) -> BaseException:
     """``e`` as one of the project's errors where it means one: a full disk, a read-only folder, no memory."""
-    from hmnas_nni.format.errors import ResourceError, describe_os_error
+    from hmnas_nni.format.errors import ResourceError, describe_os_error, interruption_in
 
+    stop = interruption_in(e)
+    if stop is not None and stop is not e:
+        e = stop
     if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
         return describe_os_error(e) or e
     if any(sign in str(e) for sign in ("No space left on device", "StorageFull")):  # raised by C++/Rust writers

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hmnas_nni.format.errors import interruption_in
 from hmnas_nni.search.config import SearchConfig
 
 from .options import add_config_options, given_values
@@ -62,6 +63,6 @@ def search_advice(args: argparse.Namespace, error: BaseException) -> str:
     if isinstance(error, NumericalFault) or isinstance(error, OSError):
         return (f"; the last good checkpoint is {Path(out)}/checkpoints/last.ckpt, the metrics so far are in "
                 f"{Path(out) / 'metrics.json'}")
-    if hasattr(error, "signum"):
+    if interruption_in(error) is not None:
         return f"; continue with: hmnas search --resume {out}"
     return ""

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from hmnas_nni.format.errors import interruption_in
+
 from .options import add_config_options, given_values, json_object
 
 
@@ -40,4 +42,4 @@ def run_trial_command(args: argparse.Namespace) -> int:
 def trial_advice(args: argparse.Namespace, error: BaseException) -> str:
     """How to continue a trial that was stopped."""
     out = getattr(args, "out_folder", None)
-    return f"; resume with --resume {out}" if out is not None and hasattr(error, "signum") else ""
+    return f"; resume with --resume {out}" if out is not None and interruption_in(error) is not None else ""

@@ -33,6 +33,18 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+def interruption_in(e: BaseException) -> BaseException | None:
+    """The signal stop behind ``e``, if any: a signal landing inside an import or a C extension comes back as
+    another exception (``ImportError: initialization failed``) whose context is the stop."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        if isinstance(e, (Interrupted, KeyboardInterrupt)) or hasattr(e, "signum"):
+            return e
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return None
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 

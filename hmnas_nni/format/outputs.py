@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import Interrupted, UsageError, describe_os_error
+from .errors import UsageError, describe_os_error, interruption_in
 from .files import fsync_folder, sha256, write_json
 
 _logger = logging.getLogger(__name__)
@@ -148,8 +148,9 @@ class OutputFolder:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
             if error is not None:
-                stopped = isinstance(error, (Interrupted, KeyboardInterrupt)) or hasattr(error, "signum")
-                self._record("interrupted" if stopped else "failed", f"{type(error).__name__}: {error}")
+                stop = interruption_in(error)
+                cause = stop or error
+                self._record("interrupted" if stop else "failed", f"{type(cause).__name__}: {cause}")
         except OSError as e:  # never hide the run's own error behind a failure to record it
             _logger.warning("could not record the run's status in %s: %s", self.path / MANIFEST, e)
         finally:

@@ -33,7 +33,7 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
 from hmnas_nni.format.architecture import Architecture
-from hmnas_nni.format.errors import Interrupted
+from hmnas_nni.format.errors import interruption_in
 from hmnas_nni.format.files import write_atomic
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.format.weights import SUPERNET_FORMAT
@@ -47,7 +47,6 @@ from .reliability import (
     EpochSampler,
     GracefulStop,
     InFolderCheckpointIO,
-    SearchInterrupted,
     SearchState,
     check_resumable,
 )
@@ -199,7 +198,7 @@ def _record_stop(run: _Run, stop: BaseException) -> None:
     checkpoint = _find_callback(run.strategy, EpochCheckpoint) or run.checkpoint
     saved = checkpoint.saved_epoch if checkpoint.saved_epoch is not None else -1
     history = [h for h in monitor.history if h["epoch"] <= saved]  # the epochs --resume does not run again
-    stopped = isinstance(stop, (SearchInterrupted, Interrupted, KeyboardInterrupt))
+    stopped = interruption_in(stop) is not None
     try:
         write_metrics(Path(run.config.out), run.config, run.inputs.space, history,
                       status="interrupted" if stopped else "failed", error=f"{type(stop).__name__}: {stop}")
