@@ -143,3 +143,14 @@ def test_bench_rejects_a_corrupt_onnx_file(tmp_path, capsys):
                                             "--out", str(tmp_path / "out"), "--quick"])
     assert rc == 2 and "--weights" in capsys.readouterr().err
     assert not (tmp_path / "out" / "bench.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, ort-cuda is measured")
+def test_bench_with_nothing_measured_fails_and_writes_nothing(tmp_path, capsys):
+    smoke_architecture("nb201").save(tmp_path / "arch.json")
+    rc = _cli(["bench", str(tmp_path / "arch.json"), "--out", str(tmp_path / "out"), "--backends", "ort-cuda",
+               "--quick"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing was measured: every backend failed (ort-cuda: no GPU here" in err[0]
+    assert not (tmp_path / "out" / "bench.json").exists() and not (tmp_path / "out" / "bench.csv").exists()

@@ -174,3 +174,12 @@ def test_unexportable_operator_is_named(tmp_path):
     with pytest.raises(ExportError, match="operator aten.linalg_eig"):
         export_onnx(_Eig(), tmp_path / "eig.onnx", (1, 4, 4))
     assert not (tmp_path / "eig.onnx").exists()
+
+
+def test_the_opset_recorded_is_the_opset_written(nb_files):
+    out = nb_files / "opset20"
+    assert _export_cli([str(nb_files / "nb.json"), "--weights", str(nb_files / "nb.safetensors"), "--out", str(out),
+                        "--opset", "20", "--real-images", "0"]) == 0
+    proto = onnx.load(str(out / "model.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [20]
+    assert json.loads((out / "parity.json").read_text())["models"][0]["opset"] == 20
