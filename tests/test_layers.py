@@ -4,6 +4,7 @@ cycle), and a wheel built from the checkout holds one top-level package, ``hmnas
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -102,10 +103,14 @@ def test_no_import_cycles() -> None:
 
 
 def test_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
+    # built from a copy, so setuptools' build/ folder never lands in (or is read back from) the checkout
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "runs", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache", ".ruff_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
-    wheel = next(tmp_path.glob("hmnas_nni-*.whl"))
+    wheel = next((tmp_path / "dist").glob("hmnas_nni-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"hmnas_nni"}, sorted(top)

@@ -28,7 +28,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_values(given: dict[str, Any]) -> SearchConfig:
     """The config of the options given; with ``resume`` the others come from that run's checkpoint."""
-    from hmnas_nni.search.reliability import check_resumable, checkpoint_path, read_checkpoint, saved_config
+    from hmnas_nni.search.resume import check_resumable, checkpoint_path, read_checkpoint, saved_config
 
     values = dict(given)
     if values.get("resume") is not None:
