@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hmnas_nni.experiments.compare import ALL_STRATEGIES, NUMERIC_FIELDS, make_plan
+from hmnas_nni.experiments.compare import ALL_STRATEGIES, make_plan
+from hmnas_nni.experiments.compare_report import NUMERIC_FIELDS
 from safetensors.torch import load_file
 
 from hmnas_nni.cli.main import main as hmnas_main
