@@ -116,3 +116,17 @@ def test_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     assert top == {"hmnas_nni"}, sorted(top)
     assert "hmnas_nni/spaces/nasbench201.py" in names and "hmnas_nni/export/archs/nb201_fmnist.json" in names
     assert "hmnas_nni/cli/main.py" in names and "hmnas_nni/experiments/smoke.yml" in names
+
+
+def test_every_module_imports() -> None:
+    import importlib
+
+    failed = []
+    for name in modules():
+        if name.endswith("__main__"):
+            continue  # runs the command line
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - collect them all
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+    assert not failed, "\n".join(failed)

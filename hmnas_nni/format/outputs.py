@@ -127,6 +127,7 @@ class OutputFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             self._refuse_results()  # again under the lock: another run may have finished meanwhile
+            self._remove_leftovers()
             self._files = read_manifest(self.path).get("files")
             self._record("running")
             self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
@@ -134,6 +135,14 @@ class OutputFolder:
             self._unlock()
             raise (describe_os_error(e) or e) from None
         return self
+
+    def _remove_leftovers(self) -> None:
+        """Staging folders and temporary files of a run killed outright (SIGKILL): under the lock, nobody owns them."""
+        for stale in self.path.glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for folder in (self.path, self.path / "checkpoints"):
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def _refuse_results(self) -> None:
         """Refuse a folder holding another run's results, unless ``force`` or ``resume``."""

@@ -42,14 +42,8 @@ from hmnas_nni.nas.materialize import supernet_state
 from .config import SearchConfig
 from .inputs import SearchInputs, search_inputs
 from .monitor import SearchMonitor, write_metrics
-from .reliability import (
-    EpochCheckpoint,
-    EpochSampler,
-    GracefulStop,
-    InFolderCheckpointIO,
-    SearchState,
-    check_resumable,
-)
+from .reliability import EpochSampler, GracefulStop, SearchState
+from .resume import EpochCheckpoint, InFolderCheckpointIO, check_resumable
 from .strategies import make_strategy
 
 _logger = logging.getLogger(__name__)
