@@ -132,6 +132,15 @@ def export_cmd(*extra: str) -> list[str]:
     return ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out", "{out}", "--force", *extra]
 
 
+def smoke_weights(path: Path) -> Path:
+    """Weights of the smoke architecture as `hmnas retrain` writes them (random, but a network's)."""
+    import timm
+    from hmnas_nni.export import save_weights
+
+    save_weights(timm.create_model("hmnas", arch=str(SMOKE_ARCH)), path)
+    return path
+
+
 def supernet_dir(tmp: Path) -> Path:
     """A search folder as `hmnas search` writes it: arch.json and supernet.safetensors (marked as a supernet)."""
     from safetensors.torch import save_file
@@ -318,6 +327,14 @@ CASES = [
          "--threads must be a positive integer, got -1"),
     Case("bench-batch-too-large", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--batch-sizes", "4000000"],
          "batch sizes must be integers in 1..65536, got [4000000]"),
+    # -- every command that writes results refuses a folder holding another run's (without --force)
+    Case("trial-into-results", ["trial", "--space-args", '{"channels": 4}', "--subset", "64", "--batch-size", "16",
+                                "--epochs", "2", "--out", "{out}"], "already holds another run's results"),
+    Case("export-into-results", ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out", "{out}"],
+         "already holds another run's results", setup=lambda tmp, out: smoke_weights(tmp / "w.safetensors")),
+    Case("bench-into-results", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--quick"],
+         "already holds another run's results"),
+    Case("compare-into-results", ["compare", "--out", "{out}"], "already holds another run's results"),
 ]
 
 

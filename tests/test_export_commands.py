@@ -154,3 +154,18 @@ def test_bench_with_nothing_measured_fails_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing was measured: every backend failed (ort-cuda: no GPU here" in err[0]
     assert not (tmp_path / "out" / "bench.json").exists() and not (tmp_path / "out" / "bench.csv").exists()
+
+
+def test_timm_refuses_weights_with_nan_or_integer_tensors(tmp_path):
+    from hmnas_nni.export.hmnas_timm import WeightsError
+
+    smoke_architecture("nb201").save(tmp_path / "arch.json")
+    state = timm.create_model("hmnas", arch=str(tmp_path / "arch.json")).state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    for name, bad, needle in (("nan", torch.full_like(state[key], float("nan")), "non-finite"),
+                              ("int", torch.zeros(state[key].shape, dtype=torch.int32), "not floating point")):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({**{k: v.contiguous() for k, v in state.items()}, key: bad.contiguous()}, str(path))
+        with pytest.raises(WeightsError, match=needle):
+            timm.create_model("hmnas", arch=str(tmp_path / "arch.json"), pretrained=True,
+                              pretrained_cfg_overlay={"file": str(path)})

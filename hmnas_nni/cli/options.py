@@ -68,8 +68,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type = SearchConfig
         if typing.get_origin(hint) in (typing.Union, types_module.UnionType):
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint) or hint
-        if origin is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+        if origin is bool:  # --flag for an option that is off by default, --flag / --no-flag otherwise
+            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:
             kwargs["type"] = json_object if origin is dict else _reader(f.name)
             kwargs["metavar"] = "JSON" if origin is dict else f.name.upper()

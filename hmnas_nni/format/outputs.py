@@ -63,10 +63,16 @@ def results_in(folder: Path) -> list[str]:
     """Names of the results some run left in ``folder`` (``manifest.json`` counts only when it lists files)."""
     if not folder.is_dir():
         return []
-    names = sorted(n for n in os.listdir(folder) if n in RESULT_NAMES or n.startswith("nni-rank"))
+    names = sorted(n for n in os.listdir(folder) if (n in RESULT_NAMES or n.startswith("nni-rank"))
+                   and _holds_something(folder / n))
     if MANIFEST in names and not (read_manifest(folder).get("files")):
         names.remove(MANIFEST)
     return names
+
+
+def _holds_something(path: Path) -> bool:
+    """A file, or a folder with a file somewhere inside (an empty folder holds nothing to lose)."""
+    return not path.is_dir() or any(p.is_file() for p in path.rglob("*"))
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
