@@ -51,7 +51,6 @@ def _reader(name: str) -> Any:
         except UsageError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
-    read.__name__ = name  # argparse names the type in some messages
     return read
 
 

@@ -60,9 +60,9 @@ def search_advice(args: argparse.Namespace, error: BaseException) -> str:
     out = getattr(args, "out_folder", None)
     if out is None:
         return ""
-    if isinstance(error, NumericalFault) or isinstance(error, OSError):
-        return (f"; the last good checkpoint is {Path(out)}/checkpoints/last.ckpt, the metrics so far are in "
-                f"{Path(out) / 'metrics.json'}")
+    last = Path(out) / "checkpoints" / "last.ckpt"
+    if isinstance(error, (NumericalFault, OSError)) and last.is_file():
+        return f"; the last good checkpoint is {last}, the metrics so far are in {Path(out) / 'metrics.json'}"
     if interruption_in(error) is not None:
         return f"; continue with: hmnas search --resume {out}"
     return ""
