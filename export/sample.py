@@ -11,6 +11,7 @@ from typing import Any
 
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.search.config import TINY_SPACE_ARGS
+from hmnas_nni.search.derive import catalogue
 
 # The tiny sizes of every space (one definition, in the search config) on 8x8 one-channel input (the digits set).
 SMOKE_ARGS: dict[str, dict[str, int]] = {name: {"in_channels": 1, "input_size": 8, **args}
@@ -31,7 +32,7 @@ def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, see
     rng = random.Random(seed)
     ops: dict[str, list[dict[str, Any]]] = {}
     inputs: dict[str, list[dict[str, Any]]] = {}
-    for label, spec in built.catalogue().items():
+    for label, spec in catalogue(built).items():
         if spec.kind == "op":
             # "none" contributes nothing; prefer real ops so the sampled network has a path through every cell
             pool = [c for c in spec.candidates if c != "none"] or list(spec.candidates)
@@ -42,4 +43,4 @@ def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, see
             chosen = sorted(rng.sample(range(len(spec.candidates)), n))
             inputs[label] = [{"input": int(i), "weight": round(rng.uniform(0.3, 1.0), 4)} for i in chosen]
     arch = Architecture(space=space, space_args=dict(built.space_args), ops=ops, inputs=inputs, strategy="sample")
-    return arch.validate(built.catalogue())
+    return arch.validate(catalogue(built))
