@@ -21,35 +21,28 @@ to ``--out`` and prints the HM-NAS/DARTS ratios of time per epoch and peak memor
 
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
-import platform
-import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hmnas_nni.format.errors import UsageError
+from hmnas_nni.format.files import write_json
+from hmnas_nni.format.outputs import OutputFolder, check_out_path
+from hmnas_nni.search.config import TINY_SPACE_ARGS, SearchConfig
+from hmnas_nni.search.strategies import STRATEGIES
 
-ALL_STRATEGIES = ("hmnas", "darts", "gumbel-darts", "enas", "random-oneshot", "proxyless")
+from .compare_report import ratio_lines, write_results
 
-# Fields every completed row carries as finite numbers.
-NUMERIC_FIELDS = (
-    "epoch_seconds", "peak_memory_mb", "peak_memory_over_start_mb", "search_seconds",
-    "supernet_val_acc", "derived_val_acc", "derivation_gap",
-    "supernet_val_acc_bn", "derived_val_acc_bn", "derivation_gap_bn",
-    "derived_val_acc_from_files", "ops_kept", "edges_kept", "params", "flops", "latency_ms",
-)
-RETRAIN_FIELDS = ("test_acc", "retrain_seconds")
+ALL_STRATEGIES = STRATEGIES
+
 
 
 @dataclass(frozen=True)
@@ -72,8 +65,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget(
         space="nb201", dataset="digits", epochs=3, subset=192, batch_size=32, seeds=(0,),
-        space_args={"nb201": {"channels": 4}, "darts": {"channels": 4, "num_cells": 3},
-                    "mobile": {"channels": 4}},
+        space_args=TINY_SPACE_ARGS,
         bn_batches=4, retrain_limit=512, threads=1,
         description="CI smoke: scikit-learn digits (8x8), 96 + 96 images, 3 epochs, width 4",
     ),
@@ -94,92 +86,110 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-# --------------------------------------------------------------------------- CLI
-def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hmnas compare`` (called by ``hmnas_nni.cli``)."""
-    p = subparsers.add_parser(
-        "compare", help="benchmark HM-NAS against NNI's one-shot strategies on one space, data split and budget",
-        description=__doc__.split("\n\n")[0])
-    _add_arguments(p)
-    p.set_defaults(func=run_compare)
-    return p
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options shared by ``hmnas compare`` and ``python -m hmnas_nni.experiments.compare``."""
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="tiny",
-                   help="tiny: digits CI smoke; cpu: Fashion-MNIST on nb201 for 2 cores; gpu: DARTS space on one GPU")
-    p.add_argument("--space", default=None, help="override the budget's search space (nb201, darts, mobile)")
-    p.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
-                   help=f"comma-separated subset of {','.join(ALL_STRATEGIES)}")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's)")
-    p.add_argument("--epochs", type=int, default=None, help="override the budget's search epochs")
-    p.add_argument("--subset", type=int, default=None, help="override the budget's training images (half each)")
-    p.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
-    p.add_argument("--space-args", type=json.loads, default=None, help="JSON object replacing the budget's space args")
-    p.add_argument("--retrain", type=int, default=0, metavar="EPOCHS",
-                   help="also retrain every derived network from scratch for EPOCHS and report test accuracy")
-    p.add_argument("--retrain-limit", type=int, default=None,
-                   help="training images for --retrain (default: the budget's; 0 = the whole training set)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per search process (default: the budget's; 1 is steadier on a busy machine)")
-    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the ONNX Runtime latency")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator for the searches (auto, cpu, gpu)")
-    p.add_argument("--out", default=None, help="output folder (default runs/compare-<budget>)")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """Run every (seed, strategy) search in its own process, then write the tables and plots; 0 if all ran."""
-    plan = make_plan(args)
-    out = Path(plan["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"compare: {plan['budget']} budget, space {plan['space']}, {plan['dataset']}, {plan['epochs']} epochs, "
-          f"subset {plan['subset']}, seeds {plan['seeds']}, strategies {plan['strategies']} -> {out}", flush=True)
-    rows: list[dict[str, Any]] = []
-    jobs = [(seed, s) for i, seed in enumerate(plan["seeds"]) for s in _rotate(plan["strategies"], i)]
-    started = time.perf_counter()
-    for k, (seed, strategy) in enumerate(jobs, 1):
-        t0 = time.perf_counter()
-        row = run_job(plan, strategy, seed)
-        rows.append(row)
-        status = row["status"] if row["status"] != "ok" else (
-            f"derived {row['derived_val_acc']:.4f} (gap {row['derivation_gap']:+.4f}), "
-            f"{row['epoch_seconds']:.1f} s/epoch, {row['peak_memory_mb']:.0f} MiB")
-        print(f"[{k}/{len(jobs)}] {strategy} seed {seed}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if row["status"] != "ok":
-            print(f"    {row['reason']}", flush=True)
-        write_results(out, plan, rows, time.perf_counter() - started)
-    summary = write_results(out, plan, rows, time.perf_counter() - started)
-    for line in ratio_lines(summary):
-        print(line)
-    print(f"wrote {out / 'results.json'}, results.csv, table.md, acc_vs_params.png, acc_vs_time.png")
-    failed = [r for r in rows if r["status"] == "failed"]
-    return 1 if failed else 0
-
-
-def make_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve a budget and the command-line overrides into one JSON-able plan."""
-    budget = BUDGETS[args.budget]
-    space = args.space or budget.space
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in ALL_STRATEGIES]
-    if unknown or not strategies:
-        raise ValueError(f"unknown strategies {unknown}; choose from {list(ALL_STRATEGIES)}")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(budget.seeds)
-    space_args = args.space_args if args.space_args is not None else dict(budget.space_args.get(space, {}))
-    retrain_limit = budget.retrain_limit if args.retrain_limit is None else (args.retrain_limit or None)
-    return {
-        "budget": args.budget, "space": space, "dataset": budget.dataset,
-        "epochs": args.epochs or budget.epochs, "subset": args.subset or budget.subset,
-        "batch_size": args.batch_size or budget.batch_size, "space_args": space_args, "seeds": seeds,
-        "strategies": strategies, "bn_batches": budget.bn_batches, "retrain": int(args.retrain),
-        "retrain_limit": retrain_limit, "threads": args.threads or budget.threads, "latency": bool(args.latency),
-        "data_root": args.data_root,
-        "accelerator": args.accelerator, "out": str(args.out or f"runs/compare-{args.budget}"),
-        "command": " ".join(["hmnas", "compare", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"]
-        else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+# --------------------------------------------------------------------------- plan
+def make_plan(budget: str = "tiny", space: str | None = None, strategies: str | list[str] | None = None,
+              seeds: str | list[int] | None = None, epochs: int | None = None, subset: int | None = None,
+              batch_size: int | None = None, space_args: dict[str, Any] | None = None, retrain: int = 0,
+              retrain_limit: int | None = None, threads: int | None = None, latency: bool = True,
+              data_root: str | None = None, accelerator: str = "auto", out: str | None = None, force: bool = False,
+              command: str = "") -> dict[str, Any]:
+    """Resolve a budget and its overrides into one JSON-able plan, every value checked before any search runs."""
+    if budget not in BUDGETS:
+        raise UsageError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
+    b = BUDGETS[budget]
+    space = space or b.space
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if isinstance(strategies, str) else \
+        list(strategies or ALL_STRATEGIES)
+    unknown = [s for s in names if s not in ALL_STRATEGIES]
+    if unknown or not names:
+        raise UsageError(f"unknown strategies {unknown}; choose from {list(ALL_STRATEGIES)}")
+    plan = {
+        "budget": budget, "space": space, "dataset": b.dataset, "epochs": _given(epochs, b.epochs),
+        "subset": _given(subset, b.subset), "batch_size": _given(batch_size, b.batch_size),
+        "space_args": space_args if space_args is not None else dict(b.space_args.get(space, {})),
+        "seeds": _seeds(seeds, b.seeds), "strategies": names, "bn_batches": b.bn_batches, "retrain": retrain,
+        "retrain_limit": b.retrain_limit if retrain_limit is None else (retrain_limit or None),
+        "threads": _given(threads, b.threads), "latency": bool(latency), "data_root": data_root,
+        "accelerator": accelerator, "out": str(out if out is not None else f"runs/compare-{budget}"), "force": force,
+        "command": command,
     }
+    _check_plan(plan)
+    return plan
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (0 is given, and then refused by the checks)."""
+    return default if value is None else value
+
+
+def _seeds(seeds: str | list[int] | None, default: tuple[int, ...]) -> list[int]:
+    """Seeds from ``"0,1,2"`` or a list."""
+    if seeds is None:
+        return list(default)
+    try:
+        return [int(s) for s in seeds.split(",")] if isinstance(seeds, str) else [int(s) for s in seeds]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+
+
+def _check_plan(plan: dict[str, Any]) -> None:
+    """Every option in range: the searches' own checks on each strategy's config, then the comparison's."""
+    for name, low in (("retrain", 0), ("threads", 1), ("bn_batches", 1)):
+        value = plan[name]
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+    if plan["retrain_limit"] is not None and plan["retrain_limit"] < 1:
+        raise UsageError(f"retrain_limit must be a positive integer, got {plan['retrain_limit']!r}")
+    if not plan["seeds"]:
+        raise UsageError("--seeds names no seed; pass e.g. --seeds 0,1,2")
+    check_out_path(plan["out"])
+    for strategy in plan["strategies"]:
+        for seed in plan["seeds"]:
+            search_config(plan, strategy, seed, Path(plan["out"])).validate()
+
+
+def search_config(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> SearchConfig:
+    """The search one (strategy, seed) job of ``plan`` runs."""
+    return SearchConfig(
+        space=plan["space"], dataset=plan["dataset"], strategy=strategy, epochs=plan["epochs"],
+        subset=plan["subset"], seed=seed, out=str(folder / "search"), batch_size=plan["batch_size"],
+        space_args=dict(plan["space_args"]), data_root=plan["data_root"], accelerator=plan["accelerator"],
+        progress=False)
+
+
+# --------------------------------------------------------------------------- running
+def run_compare(plan: dict[str, Any], log: Callable[[str], None] = print) -> int:
+    """Run every (seed, strategy) search in its own process, then write the tables and plots; 0 if all ran."""
+    with OutputFolder(plan["out"], "hmnas compare", force=plan["force"]) as folder:
+        folder.clear_previous()
+        out = folder.path
+        log(f"compare: {plan['budget']} budget, space {plan['space']}, {plan['dataset']}, {plan['epochs']} epochs, "
+            f"subset {plan['subset']}, seeds {plan['seeds']}, strategies {plan['strategies']} -> {out}")
+        rows: list[dict[str, Any]] = []
+        jobs = [(seed, s) for i, seed in enumerate(plan["seeds"]) for s in _rotate(plan["strategies"], i)]
+        started = time.perf_counter()
+        for k, (seed, strategy) in enumerate(jobs, 1):
+            t0 = time.perf_counter()
+            row = run_job(plan, strategy, seed)
+            rows.append(row)
+            log(f"[{k}/{len(jobs)}] {strategy} seed {seed}: {_row_line(row)} ({time.perf_counter() - t0:.0f} s)")
+            if row["status"] != "ok":
+                log(f"    {row['reason']}")
+            write_results(out, plan, rows, time.perf_counter() - started)
+        summary = write_results(folder.staging, plan, rows, time.perf_counter() - started)
+        folder.commit("results.json")
+    for line in ratio_lines(summary):
+        log(line)
+    log(f"wrote {out / 'results.json'}, results.csv, table.md, acc_vs_params.png, acc_vs_time.png")
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    """One line for a finished job."""
+    if row["status"] != "ok":
+        return row["status"]
+    return (f"derived {row['derived_val_acc']:.4f} (gap {row['derivation_gap']:+.4f}), "
+            f"{row['epoch_seconds']:.1f} s/epoch, {row['peak_memory_mb']:.0f} MiB")
 
 
 def _rotate(items: list[str], k: int) -> list[str]:
@@ -222,9 +232,7 @@ def _child(plan: dict[str, Any], strategy: str, seed: int, run_dir: str) -> None
         traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0][:400]
         row.update(status="failed", reason=f"{type(e).__name__}: {first}")
-    tmp = folder / ".row.json.tmp"
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    os.replace(tmp, folder / "row.json")
+    write_json(folder / "row.json", row)
 
 
 class EnasUnavailable(RuntimeError):
@@ -246,81 +254,69 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
     import torch
     from safetensors.torch import load_file
 
-    import hmnas_nni.search.run as search
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.nas.rebuild import network_from_architecture
     from hmnas_nni.search.data import load_dataset, search_splits
-    from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
+    from hmnas_nni.search.derive import derived_network
+    from hmnas_nni.search.evaluation import accuracy, count_parameters
+    from hmnas_nni.search.run import run_search
 
     notes: list[str] = []
     if strategy == "enas":
         enas_ready()
         notes.append("ENAS ran as hmnas_nni.search.nni_enas.LightningENAS (NNI's ENAS with tagged batches)")
-
-    captured: dict[str, Any] = {}
-    make_strategy = search.make_strategy
-
-    def capture(config: Any) -> Any:
-        captured["strategy"] = make_strategy(config)
-        return captured["strategy"]
-
-    search.make_strategy = capture  # keep a handle on the strategy, hence on the trained supernet
-    config = search.SearchConfig(
-        space=plan["space"], dataset=plan["dataset"], strategy=strategy, epochs=plan["epochs"],
-        subset=plan["subset"], seed=seed, out=str(folder / "search"), batch_size=plan["batch_size"],
-        space_args=dict(plan["space_args"]), data_root=plan["data_root"], accelerator=plan["accelerator"],
-        progress=False)
+    config = search_config(plan, strategy, seed, folder)
     if plan.get("threads"):
         torch.set_num_threads(plan["threads"])
     rss_start = psutil.Process().memory_info().rss / 2**20
-    final = search.run_search(config)
-    search.make_strategy = make_strategy
-
+    result = run_search(config)
+    final = result.final
     train, _test, info = load_dataset(plan["dataset"], plan["data_root"])
     train_split, val_split = search_splits(train, plan["subset"], seed)
-    bs, nbn = plan["batch_size"], plan["bn_batches"]
-    supernet = captured["strategy"].supernet
-    device = next(supernet.parameters()).device
+    device = next(result.strategy.supernet.parameters()).device
 
     # derived network rebuilt from the files the search wrote (not from the live supernet)
     arch = Architecture.load(folder / "search" / "arch.json")
-    derived = network_from_architecture(arch, load_file(str(folder / "search" / "supernet.safetensors")))
-    derived = derived.to(device).eval()
-    derived_files = accuracy(derived, val_split, bs, device)
-    derived_bn = accuracy(recalibrate_batchnorm(copy.deepcopy(derived), train_split, nbn, bs, device),
-                          val_split, bs, device)
+    derived = derived_network(arch, load_file(str(folder / "search" / "supernet.safetensors"))).to(device).eval()
+    derived_files = accuracy(derived, val_split, plan["batch_size"], device)
+    if abs(derived_files - final["derived_val_acc"]) > 1e-9:
+        notes.append(f"derived accuracy from the files ({derived_files:.4f}) differs from the search's "
+                     f"({final['derived_val_acc']:.4f})")
+    bn = _batchnorm_reestimated(plan, result.strategy.supernet, derived, (train_split, val_split), device, notes)
+    cpu_net = derived.cpu().eval()
+    shape = (info.in_channels, info.input_size, info.input_size)
+    row: dict[str, Any] = {
+        "epoch_seconds": final["epoch_seconds"], "peak_memory_mb": final["peak_memory_mb"],
+        "peak_memory_over_start_mb": final["peak_memory_mb"] - rss_start, "search_seconds": final["search_seconds"],
+        "supernet_val_acc": final["supernet_val_acc"], "derived_val_acc": final["derived_val_acc"],
+        "derivation_gap": final["derivation_gap"], "derived_val_acc_from_files": derived_files,
+        **bn,
+        "ops_kept": final["ops_kept"], "edges_kept": final["edges_kept"], "params": count_parameters(cpu_net),
+        "flops": count_flops(cpu_net, shape), "val_images": len(val_split), "train_images": len(train_split),
+        "device": "cuda" if device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
+    }
+    row.update(ort_latency(cpu_net, shape, folder / "derived.onnx") if plan["latency"] else {"latency_ms": None})
+    if plan["retrain"] > 0:
+        row.update(retrain_from_scratch(plan, folder, seed))
+    row["notes"] = notes
+    return row
+
+
+def _batchnorm_reestimated(plan: dict[str, Any], supernet: Any, derived: Any, halves: tuple[Any, Any], device: Any,
+                           notes: list[str]) -> dict[str, float]:
+    """Supernet and derived accuracy after re-estimating BN statistics on a few training batches, and their gap."""
+    from hmnas_nni.search.evaluation import accuracy, recalibrate_batchnorm
+
+    bs, nbn = plan["batch_size"], plan["bn_batches"]
+    train, val = halves
+    derived_bn = accuracy(recalibrate_batchnorm(copy.deepcopy(derived), train, nbn, bs, device), val, bs, device)
     try:
         supernet_copy = copy.deepcopy(supernet)
     except Exception as e:  # noqa: BLE001 - then re-estimate in place: the search is over and saved
         notes.append(f"supernet could not be copied ({type(e).__name__}); BN re-estimated in place after saving")
         supernet_copy = supernet
-    supernet_bn = accuracy(recalibrate_batchnorm(supernet_copy, train_split, nbn, bs, device), val_split, bs, device)
-    if abs(derived_files - final["derived_val_acc"]) > 1e-9:
-        notes.append(f"derived accuracy from the files ({derived_files:.4f}) differs from the search's "
-                     f"({final['derived_val_acc']:.4f})")
-
-    cpu_net = derived.cpu().eval()
-    shape = (info.in_channels, plan["space_args"].get("input_size", info.input_size),
-             plan["space_args"].get("input_size", info.input_size))
-    row: dict[str, Any] = {
-        "epoch_seconds": final["epoch_seconds"], "peak_memory_mb": final["peak_memory_mb"],
-        "peak_memory_over_start_mb": final["peak_memory_mb"] - rss_start, "search_seconds": final["search_seconds"],
-        "supernet_val_acc": final["supernet_val_acc"], "derived_val_acc": final["derived_val_acc"],
-        "derivation_gap": final["derivation_gap"],
-        "supernet_val_acc_bn": supernet_bn, "derived_val_acc_bn": derived_bn,
-        "derivation_gap_bn": supernet_bn - derived_bn, "derived_val_acc_from_files": derived_files,
-        "ops_kept": final["ops_kept"], "edges_kept": final["edges_kept"], "params": count_parameters(cpu_net),
-        "flops": count_flops(cpu_net, shape), "val_images": len(val_split), "train_images": len(train_split),
-        "device": "cuda" if device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
-    }
-    if plan["latency"]:
-        row.update(ort_latency(cpu_net, shape, folder / "derived.onnx"))
-    else:
-        row["latency_ms"] = float("nan")
-    if plan["retrain"] > 0:
-        row.update(retrain_from_scratch(plan, folder, seed))
-    row["notes"] = notes
-    return row
+    supernet_bn = accuracy(recalibrate_batchnorm(supernet_copy, train, nbn, bs, device), val, bs, device)
+    return {"supernet_val_acc_bn": supernet_bn, "derived_val_acc_bn": derived_bn,
+            "derivation_gap_bn": supernet_bn - derived_bn}
 
 
 def count_flops(model: Any, shape: tuple[int, int, int]) -> int:
@@ -358,168 +354,3 @@ def retrain_from_scratch(plan: dict[str, Any], folder: Path, seed: int) -> dict[
                       device="cpu" if plan["accelerator"] == "cpu" else "auto", force=True)
     return {"test_acc": metrics["test_accuracy"], "retrain_seconds": metrics["train_seconds"],
             "retrain_images": metrics["train_images"], "retrain_epochs": plan["retrain"]}
-
-
-# --------------------------------------------------------------------------- results
-def summarise(rows: list[dict[str, Any]], strategies: list[str]) -> dict[str, dict[str, Any]]:
-    """Mean and spread (sample standard deviation) over seeds of every numeric field, per strategy."""
-    out: dict[str, dict[str, Any]] = {}
-    for s in strategies:
-        mine = [r for r in rows if r["strategy"] == s]
-        ok = [r for r in mine if r["status"] == "ok"]
-        entry: dict[str, Any] = {"runs": len(mine), "ok": len(ok)}
-        if not ok and mine:
-            entry["reason"] = mine[0].get("reason", "")
-        for key in NUMERIC_FIELDS + RETRAIN_FIELDS:
-            values = [float(r[key]) for r in ok if key in r and _finite(r[key])]
-            if values:
-                mean = sum(values) / len(values)
-                sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-                entry[key] = {"mean": mean, "std": sd, "n": len(values)}
-        out[s] = entry
-    return out
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """HM-NAS / DARTS ratios of seconds per epoch and peak memory, per seed and their mean."""
-    out: dict[str, dict[str, float]] = {}
-    for key in ("epoch_seconds", "peak_memory_mb", "peak_memory_over_start_mb"):
-        per_seed = []
-        for r in rows:
-            if r["strategy"] == "hmnas" and r["status"] == "ok":
-                d = [x for x in rows if x["strategy"] == "darts" and x["seed"] == r["seed"] and x["status"] == "ok"]
-                if d and d[0][key] > 0:
-                    per_seed.append(r[key] / d[0][key])
-        if per_seed:
-            out[key] = {"mean": sum(per_seed) / len(per_seed), "min": min(per_seed), "max": max(per_seed),
-                        "n": len(per_seed)}
-    return out
-
-
-def ratio_lines(summary: dict[str, Any]) -> list[str]:
-    """Human-readable HM-NAS/DARTS ratios against the targets (1.15x time, 1.1x memory)."""
-    r = summary.get("hmnas_over_darts", {})
-    lines = []
-    for key, label, target in (("epoch_seconds", "time per epoch", 1.15), ("peak_memory_mb", "peak memory", 1.10),
-                               ("peak_memory_over_start_mb", "peak memory above process start", None)):
-        if key in r:
-            v = r[key]
-            tail = f" (target <= {target:.2f}x: {'met' if v['mean'] <= target else 'missed'})" if target else ""
-            lines.append(f"HM-NAS/DARTS {label}: {v['mean']:.3f}x (seeds: {v['min']:.3f}..{v['max']:.3f}){tail}")
-    if not lines:
-        lines.append("HM-NAS/DARTS ratios: need an ok hmnas and darts row for the same seed")
-    return lines
-
-
-CSV_FIELDS = ("strategy", "seed", "status") + NUMERIC_FIELDS + RETRAIN_FIELDS + ("reason",)
-TABLE = (("derived_val_acc", "derived acc (inherited)", 100, 2),
-         ("derived_val_acc_bn", "derived acc (BN re-est.)", 100, 2),
-         ("supernet_val_acc", "supernet acc", 100, 2), ("supernet_val_acc_bn", "supernet acc (BN re-est.)", 100, 2),
-         ("derivation_gap", "gap (pts)", 100, 2), ("derivation_gap_bn", "gap BN (pts)", 100, 2),
-         ("epoch_seconds", "s/epoch", 1, 1), ("peak_memory_mb", "peak MiB", 1, 0),
-         ("params", "params (k)", 1e-3, 1), ("flops", "MFLOPs", 1e-6, 2), ("latency_ms", "ORT ms (b=1)", 1, 3),
-         ("test_acc", "retrained test acc", 100, 2))
-
-
-def markdown_table(summary: dict[str, Any], strategies: list[str]) -> str:
-    """Mean ± standard deviation over seeds per strategy (accuracies and gaps in percentage points)."""
-    cols = [c for c in TABLE if any(c[0] in summary[s] for s in strategies)]
-    lines = ["| strategy | seeds | " + " | ".join(c[1] for c in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
-    for s in strategies:
-        e = summary[s]
-        if not e["ok"]:
-            lines.append(f"| {s} | 0/{e['runs']} | " + " | ".join("–" for _ in cols) + " |")
-            continue
-        cells = []
-        for key, _, scale, nd in cols:
-            v = e.get(key)
-            cells.append("–" if v is None else f"{v['mean'] * scale:.{nd}f} ± {v['std'] * scale:.{nd}f}")
-        lines.append(f"| {s} | {e['ok']}/{e['runs']} | " + " | ".join(cells) + " |")
-    notes = [f"- **{s}** did not run: {summary[s]['reason']}" for s in strategies if not summary[s]["ok"]
-             and summary[s].get("reason")]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
-
-
-def write_results(out: Path, plan: dict[str, Any], rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Write results.json, results.csv, table.md and the two plots; return the summary."""
-    import torch
-
-    summary = summarise(rows, plan["strategies"])
-    summary["hmnas_over_darts"] = ratios(rows)
-    doc = {"plan": plan, "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                                         "cpus": os.cpu_count(), "machine": platform.machine(),
-                                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-           "wall_seconds": seconds, "rows": rows, "summary": summary}
-    _atomic(out / "results.json", json.dumps(doc, indent=2, default=str) + "\n")
-    with open(out / ".results.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    os.replace(out / ".results.csv.tmp", out / "results.csv")
-    head = (f"Budget `{plan['budget']}`: space `{plan['space']}` {plan['space_args']}, {plan['dataset']}, "
-            f"{plan['epochs']} epochs, subset {plan['subset']}, batch {plan['batch_size']}, seeds {plan['seeds']}.\n"
-            "Accuracies on the architecture (validation) half of the subset, in %; gaps in points; "
-            "mean ± sample standard deviation over seeds.\n\n")
-    _atomic(out / "table.md", head + markdown_table(summary, plan["strategies"]) + "\n"
-            + "\n".join(ratio_lines(summary)) + "\n")
-    plot_results(out, rows, plan["strategies"])
-    return summary
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def plot_results(out: Path, rows: list[dict[str, Any]], strategies: list[str]) -> None:
-    """acc_vs_params.png and acc_vs_time.png: one point per seed, derived accuracy as extracted and after BN."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r["status"] == "ok"]
-    colors = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(ALL_STRATEGIES)}
-    for name, key, xlabel, xscale in (("acc_vs_params.png", "params", "derived network parameters (k)", 1e-3),
-                                      ("acc_vs_time.png", "search_seconds", "search wall time (s)", 1.0)):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for s in strategies:
-            mine = [r for r in ok if r["strategy"] == s]
-            if not mine:
-                continue
-            x = [r[key] * xscale for r in mine]
-            ax.scatter(x, [100 * r["derived_val_acc"] for r in mine], color=colors[s], marker="o",
-                       label=f"{s} (inherited)")
-            ax.scatter(x, [100 * r["derived_val_acc_bn"] for r in mine], color=colors[s], marker="^",
-                       facecolors="none", label=f"{s} (BN re-estimated)")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("derived validation accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hmnas_nni.experiments.compare``: the same options as ``hmnas compare``."""
-    parser = argparse.ArgumentParser(prog="python -m hmnas_nni.experiments.compare",
-                                     description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_compare(args)
-    except ValueError as e:
-        print(f"compare: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

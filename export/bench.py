@@ -9,13 +9,11 @@ from steady-state latency. Results go to ``bench.json``, ``bench.csv`` and ``ben
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,20 +23,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmnas_nni.format.architecture import ArchitectureError
-from hmnas_nni.format.files import OutputExists, guard_outputs, write_atomic, write_json
+from hmnas_nni.format.errors import CheckFailed, Interrupted, UsageError
+from hmnas_nni.format.files import write_atomic, write_json
+from hmnas_nni.format.outputs import OutputFolder
 
-from .hmnas_timm import HmnasNet, WeightsError, load_weights, resolve_architecture
-from .onnx_export import ExportError, export_onnx, load_onnx, metadata_of, ort_session
+from .hmnas_timm import HmnasNet, load_weights, resolve_architecture
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_onnx, metadata_of, ort_session, refuse_supernet
 
 DEFAULT_BATCHES = (1, 8, 64, 256)
 QUICK_BATCHES = (1, 8)
 ALL_BACKENDS = ("ort-tensorrt", "ort-cuda", "ort-cuda-graph", "ort-cpu", "torch-eager", "torch-compile")
 OUTPUTS = ("bench.json", "bench.csv", "bench.png")
+#: The largest batch the exported ONNX file's dynamic axis takes.
+MAX_BATCH = 65536
 
 
-class BenchError(RuntimeError):
+class BenchError(UsageError):
     """A benchmark request that cannot run as given."""
+
+
+class NothingMeasured(CheckFailed):
+    """Every backend failed: there is no measurement to write."""
 
 
 # --------------------------------------------------------------------------- environment
@@ -183,50 +188,18 @@ def bench_torch(backend: str, model: torch.nn.Module, x: torch.Tensor, warmup: i
 
 
 # --------------------------------------------------------------------------- command
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hmnas bench`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "bench", help="latency/throughput across ONNX Runtime providers, PyTorch eager and torch.compile",
-        description="Benchmark one architecture (random or trained weights) on every usable runtime; "
-                    "write bench.json, bench.csv and bench.png.",
-    )
-    p.add_argument("arch", help="architecture JSON")
-    p.add_argument("--weights", default=None, help="model.safetensors (default: random weights; speed is the same)")
-    p.add_argument("--onnx", default=None, help="an exported model.onnx to time (default: export one now)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,8,64,256; --quick: 1,8)")
-    p.add_argument("--backends", default=None,
-                   help=f"comma-separated subset of {','.join(ALL_BACKENDS)} (default: all usable here; "
-                        "--quick leaves out torch-compile unless named)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs per backend and batch (default 10)")
-    p.add_argument("--iters", type=int, default=None, help="timed runs per backend and batch (default 50)")
-    p.add_argument("--min-seconds", type=float, default=None, help="keep timing until this long (default 1.0)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="short run for tests: batches 1,8, 3 warmup, 10 iters")
-    p.add_argument("--force", action="store_true", help="overwrite results already in --out")
-    p.set_defaults(func=run_bench)
-    return p
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    """CLI entry: run :func:`bench` and print a short table; exit 2 on bad inputs."""
-    try:
-        batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
-        backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
-        result = bench(args.arch, args.out, weights=args.weights, onnx_path=args.onnx, batch_sizes=batches,
-                       backends=backends, warmup=args.warmup, iters=args.iters, min_seconds=args.min_seconds,
-                       threads=args.threads, quick=args.quick, force=args.force)
-    except (BenchError, ExportError, ArchitectureError, WeightsError, OutputExists, FileNotFoundError,
-            ValueError) as e:
-        print(f"hmnas bench: error: {e}", file=sys.stderr)
-        return 2
-    for r in result["results"]:
-        print(f"{r['backend']:>15} batch {r['batch']:>4}: p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
-              f"{r['throughput_ips']:10.1f} img/s")
-    for b, err in result["errors"].items():
-        print(f"{b:>15}: not measured: {err}")
-    print(f"wrote {', '.join(str(Path(args.out) / n) for n in OUTPUTS)}")
-    return 0
+def check_settings(batch_sizes: list[int], warmup: int, iters: int, min_seconds: float, threads: int | None) -> None:
+    """Refuse any setting out of range before a model is built."""
+    for b in batch_sizes:
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= MAX_BATCH:
+            raise BenchError(f"batch sizes must be integers in 1..{MAX_BATCH}, got {batch_sizes}")
+    for name, value, low in (("warmup", warmup, 0), ("iters", iters, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise BenchError(f"--{name} must be an integer >= {low}, got {value!r}")
+    if not (isinstance(min_seconds, (int, float)) and 0 <= min_seconds < float("inf")):
+        raise BenchError(f"--min-seconds must be a finite number >= 0, got {min_seconds!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise BenchError(f"--threads must be a positive integer, got {threads!r}; leave it out to use every core")
 
 
 def bench(arch_path: str | Path, out: str | Path, weights: str | Path | None = None,
@@ -234,14 +207,35 @@ def bench(arch_path: str | Path, out: str | Path, weights: str | Path | None = N
           backends: list[str] | None = None, warmup: int | None = None,
           iters: int | None = None, min_seconds: float | None = None, threads: int | None = None,
           quick: bool = False, force: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Measure every backend at every batch size on one model and one input; write JSON, CSV and PNG."""
-    arch, extras = resolve_architecture(arch_path)
+    """Measure every backend at every batch size on one model and one input; write JSON, CSV and PNG together."""
     batch_sizes = batch_sizes or list(QUICK_BATCHES if quick else DEFAULT_BATCHES)
-    if any(b < 1 for b in batch_sizes):
-        raise BenchError(f"batch sizes must be positive, got {batch_sizes}")
     warmup = warmup if warmup is not None else (3 if quick else 10)
     iters = iters if iters is not None else (10 if quick else 50)
     min_seconds = min_seconds if min_seconds is not None else (0.0 if quick else 1.0)
+    check_settings(batch_sizes, warmup, iters, min_seconds, threads)
+    arch, extras = resolve_architecture(arch_path)
+    backends, skipped = _backends(backends, quick)
+    model = HmnasNet(arch.to_dict() | extras).eval()
+    if weights is not None:
+        refuse_supernet(weights, arch_path)
+        load_weights(model, weights)
+    if onnx_path is not None:
+        check_onnx(onnx_path, model, arch_path, weights, backends)
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with OutputFolder(out, "hmnas bench", force=force) as folder:
+            doc = _bench(model, arch, arch_path, folder, weights, onnx_path, batch_sizes, backends,
+                         (warmup, iters, min_seconds), threads, quick, seed, skipped)
+            folder.commit("bench.json")
+        return doc
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _backends(backends: list[str] | None, quick: bool) -> tuple[list[str], dict[str, str]]:
+    """The backends to time (default: every usable one) and why any default was left out."""
     skipped: dict[str, str] = {}
     if backends is None:
         backends = default_backends()
@@ -253,72 +247,78 @@ def bench(arch_path: str | Path, out: str | Path, weights: str | Path | None = N
             skipped["torch-compile"] = "left out by --quick (compiling costs tens of seconds per shape on a CPU); " \
                                        "name it in --backends to include it"
     unknown = sorted(set(backends) - set(ALL_BACKENDS))
-    if unknown:
+    if unknown or not backends:
         raise BenchError(f"unknown backend(s) {unknown}; choose from {list(ALL_BACKENDS)}")
-    out = guard_outputs(out, OUTPUTS, force)
-    saved_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return _bench(arch, extras, arch_path, out, weights, onnx_path, batch_sizes, backends, warmup, iters,
-                      min_seconds, threads, quick, seed, skipped)
-    finally:
-        torch.set_num_threads(saved_threads)
+    return backends, skipped
 
 
-def _bench(arch: Any, extras: dict[str, Any], arch_path: str | Path, out: Path, weights: str | Path | None,
-           onnx_path: str | Path | None, batch_sizes: list[int], backends: list[str], warmup: int, iters: int,
-           min_seconds: float, threads: int | None, quick: bool, seed: int, skipped: dict[str, str]) -> dict[str, Any]:
-    """The measuring part of :func:`bench`, run with the requested thread count."""
-    model = HmnasNet(arch.to_dict() | extras).eval()
-    weights_note = "random init"
-    if weights is not None:
-        load_weights(model, weights)
-        weights_note = str(weights)
+def check_onnx(onnx_path: str | Path, model: HmnasNet, arch_path: Any, weights: Any, backends: list[str]) -> None:
+    """Refuse an ONNX file that is not the derived network of ``arch_path`` (with ``weights``) it is to time."""
+    if weights is None and any(b.startswith("torch-") for b in backends):
+        raise BenchError("--onnx needs --weights too, so PyTorch runs the weights the ONNX file holds; "
+                         "pass the model.safetensors it was exported from")
+    proto = load_onnx(onnx_path)
+    meta = metadata_of(proto)
+    if "hmnas.architecture" not in meta:
+        raise BenchError(f"{onnx_path} was not written by `hmnas export` (it has no hmnas.architecture metadata), so "
+                         f"it may not be the network of {arch_path}; export that network with `hmnas export`")
+    if json.loads(meta["hmnas.architecture"]) != model.arch.to_dict():
+        raise BenchError(f"{onnx_path} was exported from another architecture than {arch_path}; "
+                         "pass the arch.json it was exported from")
+    if weights is not None and meta.get("hmnas.weights_sha256") not in (None, _sha(weights)):
+        raise BenchError(f"{onnx_path} holds other weights than {weights}; pass the weights it was exported from")
     c, h, w = model.pretrained_cfg["input_size"]
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(max(batch_sizes), c, h, w, generator=gen)
+    ins, outs = proto.graph.input, proto.graph.output
+    shape_in = [d.dim_value for d in ins[0].type.tensor_type.shape.dim][1:] if len(ins) == 1 else None
+    shape_out = [d.dim_value for d in outs[0].type.tensor_type.shape.dim][1:] if len(outs) == 1 else None
+    if (len(ins), len(outs)) != (1, 1) or ins[0].name != INPUT_NAME or outs[0].name != OUTPUT_NAME or \
+            shape_in != [c, h, w] or shape_out != [model.num_classes]:
+        raise BenchError(f"{onnx_path} takes {shape_in} and gives {shape_out}, the network of {arch_path} takes "
+                         f"{[c, h, w]} and gives {[model.num_classes]}; export it again with `hmnas export`")
 
+
+def _sha(path: str | Path) -> str:
+    from hmnas_nni.format.files import sha256
+
+    return sha256(path)
+
+
+def _bench(model: HmnasNet, arch: Any, arch_path: str | Path, folder: OutputFolder, weights: str | Path | None,
+           onnx_path: str | Path | None, batch_sizes: list[int], backends: list[str],
+           timing: tuple[int, int, float], threads: int | None, quick: bool, seed: int,
+           skipped: dict[str, str]) -> dict[str, Any]:
+    """The measuring part of :func:`bench`, run with the requested thread count; stages the three files."""
+    c, h, w = model.pretrained_cfg["input_size"]
+    base = torch.randn(max(batch_sizes), c, h, w, generator=torch.Generator().manual_seed(seed))
     first_run: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hmnas-bench-") as tmp:
-        if onnx_path is not None:
-            if weights is None and any(b.startswith("torch-") for b in backends):
-                raise BenchError("--onnx needs --weights too, so PyTorch runs the weights the ONNX file holds; "
-                                 "pass the model.safetensors it was exported from")
-            proto = load_onnx(onnx_path)
-            if metadata_of(proto).get("hmnas.architecture") not in (None, json.dumps(arch.to_dict())):
-                raise BenchError(f"{onnx_path} was exported from another architecture than {arch_path}; "
-                                 "pass the arch.json it was exported from")
-            onnx_file = Path(onnx_path)
-        elif any(b.startswith("ort-") for b in backends):
+        onnx_file = Path(onnx_path) if onnx_path is not None else None
+        if onnx_file is None and any(b.startswith("ort-") for b in backends):
             onnx_file = Path(tmp) / "model.onnx"
             t0 = time.perf_counter()
             export_onnx(model, onnx_file, (c, h, w))
             first_run["onnx-export"] = {"seconds": time.perf_counter() - t0}
-        else:
-            onnx_file = None
-        results, errors = _run_all(model, onnx_file, base, backends, batch_sizes, warmup, iters, min_seconds,
-                                   threads, first_run)
+        results, errors = _run_all(model, onnx_file, base, backends, batch_sizes, *timing, threads, first_run)
+    if not results:
+        raise NothingMeasured("nothing was measured: every backend failed (" + "; ".join(
+            f"{b}: {e}" for b, e in errors.items()) + "); see the errors above, e.g. lower --batch-sizes")
     env = environment()
     doc = {
-        "model": {"arch": str(arch_path), "space": arch.space, "weights": weights_note,
+        "model": {"arch": str(arch_path), "space": arch.space, "weights": str(weights) if weights else "random init",
                   "params": sum(p.numel() for p in model.parameters()), "input_size": [c, h, w],
                   "onnx": str(onnx_path) if onnx_path else "exported for this run (opset default)"},
-        "settings": {"batch_sizes": batch_sizes, "backends": backends, "warmup": warmup, "iters": iters,
-                     "min_seconds": min_seconds, "threads": threads or torch.get_num_threads(), "quick": quick,
+        "settings": {"batch_sizes": batch_sizes, "backends": backends, "warmup": timing[0], "iters": timing[1],
+                     "min_seconds": timing[2], "threads": threads or torch.get_num_threads(), "quick": quick,
                      "input": f"standard-normal tensor, seed {seed}, same for every backend"},
         **env,
         "providers_used": sorted({p for r in results for p in r.get("providers_used", [])}),
-        "results": results,
-        "first_run": first_run,
-        "errors": errors,
-        "skipped": skipped,
+        "results": results, "first_run": first_run, "errors": errors, "skipped": skipped,
         "note": "latencies are steady-state after warm-up; first_run holds session creation, engine build "
                 "and compilation costs, measured apart",
     }
-    write_json(out / "bench.json", doc)
-    write_atomic(out / "bench.csv", _csv(results))
-    write_atomic(out / "bench.png", _plot(results, env))
+    write_atomic(folder.staged("bench.csv"), _csv(results))
+    write_atomic(folder.staged("bench.png"), _plot(results, env))
+    write_json(folder.staged("bench.json"), doc)
     return doc
 
 
@@ -343,6 +343,8 @@ def _run_all(model: HmnasNet, onnx_file: Path | None, base: torch.Tensor, backen
                     stats, extra = bench_ort(backend, onnx_file, x.numpy(), warmup, iters, min_seconds, threads)
                 else:
                     stats, extra = bench_torch(backend, net, x.to(dev), warmup, iters, min_seconds, compiled)
+            except (Interrupted, KeyboardInterrupt):
+                raise
             except Exception as e:  # noqa: BLE001 - record any backend failure and go on
                 msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
                 errors[backend] = f"batch {b}: {type(e).__name__}: {msg}"

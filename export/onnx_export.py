@@ -8,14 +8,11 @@ within 1e-4. ``--fp16`` adds ``model_fp16.onnx`` (half weights and I/O) with its
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
 import re
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmnas_nni.format.architecture import ArchitectureError
-from hmnas_nni.format.files import OutputExists, guard_outputs, publish, sha256, write_json
+from hmnas_nni.format.errors import CheckFailed, UsageError
+from hmnas_nni.format.files import atomic_path, sha256, write_json
+from hmnas_nni.format.outputs import OutputFolder
+from hmnas_nni.format.weights import SUPERNET_FORMAT
 
-from .hmnas_timm import HmnasNet, WeightsError, load_weights, resolve_architecture
+from .hmnas_timm import HmnasNet, load_weights, resolve_architecture
 
 DEFAULT_OPSET = 21
+#: The oldest opset torch's exporter writes (it silently writes 18 for anything older).
+MIN_OPSET = 18
 FP32_TOL = 1e-4
 # Half precision keeps ~3 decimal digits: allow 1e-2 absolute plus 1e-2 of the logits' scale.
 FP16_ABS_TOL = 1e-2
@@ -38,7 +39,7 @@ OUTPUT_NAME = "logits"
 OUTPUTS = ("model.onnx", "model_fp16.onnx", "parity.json")
 
 
-class ExportError(RuntimeError):
+class ExportError(UsageError):
     """A network or file that cannot be exported or checked; the message names the cause and the fix."""
 
 
@@ -104,21 +105,53 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_size: tuple[int,
             ) from None
         raise ExportError(f"cannot export to ONNX opset {opset}: {first[:300]}") from None
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"asked for ONNX opset {opset}, the exporter wrote opset {written}; pass --opset in "
+                          f"{MIN_OPSET}..{max_opset()}")
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "hmnas-nni"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=path.parent)
-    with open(fd, "wb") as f:
-        f.write(proto.SerializeToString())
-    try:
-        onnx.checker.check_model(tmp, full_check=True)
-        publish(tmp, path)
-    finally:
-        if Path(tmp).exists():
-            Path(tmp).unlink()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+        onnx.checker.check_model(str(tmp), full_check=True)
     return path
+
+
+def max_opset() -> int:
+    """The newest opset the installed ``onnx`` knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: Any) -> int:
+    """Refuse an opset the exporter would not write as asked (it writes 18 for anything older)."""
+    top = max_opset()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= top:
+        raise ExportError(f"--opset {opset!r} cannot be written: torch's ONNX exporter writes opsets {MIN_OPSET} to "
+                          f"{top} (the installed onnx's newest); pass --opset in {MIN_OPSET}..{top}")
+    return opset
+
+
+def refuse_supernet(weights: str | Path, arch_path: Any) -> None:
+    """A search's ``supernet.safetensors`` holds every candidate op: say how to make the network's weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            meta, keys = dict(f.metadata() or {}), list(f.keys())  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception:  # noqa: BLE001 - unreadable files get their own message from load_weights
+        return
+    looks_like = meta.get("format") == SUPERNET_FORMAT or ("format" not in meta and keys and
+                                                          all(k.startswith("net.") for k in keys))
+    if looks_like:
+        folder = Path(weights).parent
+        arch = folder / "arch.json" if (folder / "arch.json").is_file() else arch_path
+        raise ExportError(f"{weights} is a search's supernet (every candidate op), not a network's weights; make "
+                          f"them first: hmnas retrain {arch} --from-supernet {folder} --epochs 0 --out "
+                          f"{folder}-model, then pass {folder}-model/arch.json and {folder}-model/model.safetensors")
 
 
 def load_onnx(path: str | Path) -> Any:
@@ -201,69 +234,26 @@ def _real_inputs(dataset: str | None, data_root: str | None, limit: int) -> tupl
 
 
 # --------------------------------------------------------------------------- command
-def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hmnas export`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "export", help="export a trained architecture to ONNX and check parity with PyTorch",
-        description="Write DIR/model.onnx (dynamic batch, metadata) and DIR/parity.json: ONNX Runtime vs PyTorch "
-                    f"on random and real inputs (fp32 max abs diff <= {FP32_TOL:g}).",
-    )
-    p.add_argument("arch", help="architecture JSON (the arch.json beside the weights, from `hmnas retrain`)")
-    p.add_argument("--weights", required=True, help="model.safetensors written by `hmnas retrain`")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (half precision) and check it")
-    p.add_argument("--dataset", default=None, help="dataset for real-input parity (default: the arch's dataset)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--real-images", type=int, default=256, help="test images used for real-input parity")
-    p.add_argument("--random-images", type=int, default=16, help="random images used for parity")
-    p.add_argument("--force", action="store_true", help="overwrite results already in --out")
-    p.set_defaults(func=run_export)
-    return p
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """CLI entry: export and check; exit 2 on bad inputs, 1 when parity fails."""
-    try:
-        report = export_checked(args.arch, args.weights, args.out, opset=args.opset, fp16=args.fp16,
-                                dataset=args.dataset, data_root=args.data_root, real_images=args.real_images,
-                                random_images=args.random_images, force=args.force)
-    except (ExportError, ArchitectureError, WeightsError, OutputExists, FileNotFoundError, ValueError) as e:
-        print(f"hmnas export: error: {e}", file=sys.stderr)
-        return 2
-    for m in report["models"]:
-        worst = max(v["max_abs_diff"] for v in m["parity"].values())
-        print(f"{m['file']}: max abs diff {worst:.3g} (tolerance {m['tolerance']:.3g}) "
-              f"{'ok' if m['passed'] else 'FAILED'}")
-    if not report["passed"]:
-        print(f"hmnas export: error: parity check failed; see {Path(args.out) / 'parity.json'}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def export_checked(arch_path: str | Path, weights: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
                    fp16: bool = False, dataset: str | None = None, data_root: str | None = None,
                    real_images: int = 256, random_images: int = 16, force: bool = False,
                    seed: int = 0) -> dict[str, Any]:
-    """Build the model with its weights, export fp32 (and fp16), check them and write ``parity.json``."""
-    import onnx
-    import onnxruntime as ort
+    """Build the model with its weights, export fp32 (and fp16), check them and write ``parity.json``.
 
+    The ONNX files and ``parity.json`` appear together when every file is written and checked; an
+    interrupted or failed export leaves ``out`` as it was.
+    """
+    check_opset(opset)
+    for name, value, low in (("real-images", real_images, 0), ("random-images", random_images, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ExportError(f"--{name} must be an integer >= {low}, got {value!r}")
+    refuse_supernet(weights, arch_path)
     arch, extras = resolve_architecture(arch_path)
     model = HmnasNet(arch.to_dict() | extras)
-    load_weights(model, weights)  # one-line errors: missing, truncated, another architecture
+    load_weights(model, weights)  # one-line errors: missing, truncated, non-finite, another architecture
     model.eval()
-    out = guard_outputs(out, OUTPUTS, force)
     dataset = dataset or extras.get("dataset", {}).get("name")
-    real, real_note = _real_inputs(dataset, data_root, real_images)
-    c, h, w = model.pretrained_cfg["input_size"]
-    if real is not None and tuple(real.shape[1:]) != (c, h, w):
-        raise ExportError(f"dataset {dataset} images are {tuple(real.shape[1:])}, the model expects {(c, h, w)}; "
-                          "pass the dataset the weights were trained on")
-    gen = torch.Generator().manual_seed(seed)
-    inputs = {"random": torch.randn(random_images, c, h, w, generator=gen)}
-    if real is not None:
-        inputs["real"] = real
+    inputs, real_note = _parity_inputs(model, dataset, data_root, real_images, random_images, seed)
     input_config = {k: model.pretrained_cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")}
     input_config |= {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NCHW",
                      "normalized": "inputs are (x - mean) / std, x in [0, 1]", "dataset": dataset}
@@ -273,37 +263,70 @@ def export_checked(arch_path: str | Path, weights: str | Path, out: str | Path, 
         "hmnas.weights_sha256": sha256(weights),
         "hmnas.num_classes": str(model.num_classes),
     }
-    models = []
-    variants = [("model.onnx", False)] + ([("model_fp16.onnx", True)] if fp16 else [])
-    for name, half in variants:
-        t0 = time.time()
-        net = model
-        if half:
-            net = HmnasNet(arch.to_dict() | extras)
-            net.load_state_dict(model.state_dict())
-            net = net.half().eval()
-        export_onnx(net, out / name, (c, h, w), opset=opset, half=half, metadata=meta | {"hmnas.precision":
-                                                                                          "fp16" if half else "fp32"})
-        export_s = time.time() - t0
-        load_onnx(out / name)
-        session = ort_session(out / name, threads=torch.get_num_threads(), spinning=False)
-        res = parity(session, model, inputs, half=half)
-        scale = max(v["max_abs_logit"] for v in res.values())
-        tol = FP16_ABS_TOL + FP16_REL_TOL * scale if half else FP32_TOL
-        passed = all(v["max_abs_diff"] <= tol for v in res.values())
-        models.append({"file": name, "precision": "fp16" if half else "fp32", "opset": opset,
-                       "bytes": (out / name).stat().st_size, "sha256": sha256(out / name),
-                       "export_seconds": round(export_s, 2), "provider": session.get_providers()[0],
-                       "tolerance": tol, "parity": res, "passed": passed})
-    report = {
-        "passed": all(m["passed"] for m in models),
-        "models": models,
-        "inputs": {"random": f"{random_images} standard-normal images, seed {seed}", "real": real_note},
-        "arch": str(arch_path), "weights": str(weights), "weights_sha256": meta["hmnas.weights_sha256"],
-        "input_config": input_config,
-        "tolerance_rule": {"fp32": FP32_TOL, "fp16": f"{FP16_ABS_TOL} + {FP16_REL_TOL} * max |logit|"},
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-        "checker": "onnx.checker.check_model(full_check=True) passed for every file",
-    }
-    write_json(out / "parity.json", report)
+    with OutputFolder(out, "hmnas export", force=force) as folder:
+        variants = [("model.onnx", False)] + ([("model_fp16.onnx", True)] if fp16 else [])
+        models = [_export_variant(model, arch, extras, folder.staged(name), half, opset, meta, inputs)
+                  for name, half in variants]
+        report = {
+            "passed": all(m["passed"] for m in models),
+            "models": models,
+            "inputs": {"random": f"{random_images} standard-normal images, seed {seed}", "real": real_note},
+            "arch": str(arch_path), "weights": str(weights), "weights_sha256": meta["hmnas.weights_sha256"],
+            "input_config": input_config,
+            "tolerance_rule": {"fp32": FP32_TOL, "fp16": f"{FP16_ABS_TOL} + {FP16_REL_TOL} * max |logit|"},
+            "versions": _versions(),
+            "checker": "onnx.checker.check_model(full_check=True) passed for every file",
+        }
+        write_json(folder.staged("parity.json"), report)
+        folder.commit("parity.json")
     return report
+
+
+def _parity_inputs(model: HmnasNet, dataset: str | None, data_root: str | None, real_images: int,
+                   random_images: int, seed: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The random (and, with a dataset, real) images parity is measured on, and a note on where they came from."""
+    c, h, w = model.pretrained_cfg["input_size"]
+    real, real_note = _real_inputs(dataset, data_root, real_images)
+    if real is not None and tuple(real.shape[1:]) != (c, h, w):
+        raise ExportError(f"dataset {dataset} images are {tuple(real.shape[1:])}, the model expects {(c, h, w)}; "
+                          "pass the dataset the weights were trained on")
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {"random": torch.randn(random_images, c, h, w, generator=gen)}
+    if real is not None and len(real):
+        inputs["real"] = real
+    return inputs, real_note
+
+
+def _export_variant(model: HmnasNet, arch: Any, extras: dict[str, Any], path: Path, half: bool, opset: int,
+                    meta: dict[str, str], inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Export one precision to ``path``, check it, measure its parity; its entry in ``parity.json``."""
+    t0 = time.time()
+    net = model
+    if half:
+        net = HmnasNet(arch.to_dict() | extras)
+        net.load_state_dict(model.state_dict())
+        net = net.half().eval()
+    export_onnx(net, path, tuple(model.pretrained_cfg["input_size"]), opset=opset, half=half,
+                metadata=meta | {"hmnas.precision": "fp16" if half else "fp32"})
+    export_s = time.time() - t0
+    proto = load_onnx(path)
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    session = ort_session(path, threads=torch.get_num_threads(), spinning=False)
+    res = parity(session, model, inputs, half=half)
+    scale = max(v["max_abs_logit"] for v in res.values())
+    tol = FP16_ABS_TOL + FP16_REL_TOL * scale if half else FP32_TOL
+    return {"file": path.name, "precision": "fp16" if half else "fp32", "opset": written,
+            "bytes": path.stat().st_size, "sha256": sha256(path), "export_seconds": round(export_s, 2),
+            "provider": session.get_providers()[0], "tolerance": tol, "parity": res,
+            "passed": all(v["max_abs_diff"] <= tol for v in res.values())}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime as ort
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+
+
+class ParityFailed(CheckFailed):
+    """An exported file whose outputs differ from PyTorch's beyond the tolerance (``parity.json`` says by how much)."""

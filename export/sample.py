@@ -10,13 +10,12 @@ import random
 from typing import Any
 
 from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.search.config import TINY_SPACE_ARGS
+from hmnas_nni.search.derive import catalogue
 
-# Smallest sizes of each space that still have every kind of cell: 8x8 one-channel input (the digits set).
-SMOKE_ARGS: dict[str, dict[str, int]] = {
-    "nb201": {"in_channels": 1, "input_size": 8, "channels": 4},
-    "darts": {"in_channels": 1, "input_size": 8, "channels": 4, "num_cells": 3},
-    "mobile": {"in_channels": 1, "input_size": 8, "channels": 4},
-}
+# The tiny sizes of every space (one definition, in the search config) on 8x8 one-channel input (the digits set).
+SMOKE_ARGS: dict[str, dict[str, int]] = {name: {"in_channels": 1, "input_size": 8, **args}
+                                         for name, args in TINY_SPACE_ARGS.items()}
 
 
 def smoke_architecture(space: str, seed: int = 0) -> Architecture:
@@ -43,7 +42,7 @@ def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, see
 
     arch = Architecture(space=space, space_args=dict(built.space_args), strategy="sample",
                         input_shape=[built.space_args["in_channels"], *[built.space_args["input_size"]] * 2])
-    for label, spec in built.catalogue().items():
+    for label, spec in catalogue(built).items():
         if spec.kind == "op":
             arch.ops[label] = some_ops(spec.candidates)
         elif spec.kind == "input":
@@ -56,4 +55,4 @@ def sample_architecture(space: str, keep_ops: int = 2, keep_inputs: int = 2, see
                                  for i in spec.node_ids()}
         else:
             arch.values[label] = rng.choice(spec.candidates)
-    return arch.validate(built.catalogue())
+    return arch.validate(catalogue(built))

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from hmnas_nni.format.files import publish
+from hmnas_nni.format.weights import check_weights
 
 __all__ = [
     "WEIGHTS_FORMAT", "WeightsError", "read_state_dict", "checkpoint_filter_fn", "check_state_dict",
@@ -51,6 +52,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"weights file {path} is not a readable safetensors file ({msg}); it may be truncated or of another "
             "format: re-run `hmnas retrain` or pass the model.safetensors it wrote"
         ) from None
+    check_weights(sd, path, WeightsError)
     return sd, meta
 
 
@@ -62,6 +64,7 @@ def _arch_key(arch: Architecture) -> dict[str, Any]:
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map plain derived-network keys onto :class:`HmnasNet` keys and reject weights of another architecture."""
+    check_weights(state_dict, "pretrained weights", WeightsError)
     out: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
         if not k.startswith(("body.", "classifier.")):

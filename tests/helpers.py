@@ -8,12 +8,9 @@ import torch.nn as nn
 
 from hmnas_nni import HMNAS
 from hmnas_nni.nas.samples import architecture_from_export
+from hmnas_nni.search.config import TINY_SPACE_ARGS
 
-TINY_ARGS = {
-    "nb201": {"channels": 4, "input_size": 8},
-    "darts": {"channels": 4, "num_cells": 3, "input_size": 8},
-    "mobile": {"channels": 4, "input_size": 8},
-}
+TINY_ARGS = {name: {**args, "input_size": 8} for name, args in TINY_SPACE_ARGS.items()}
 
 
 def tiny_space(name: str):

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from math import nan
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def cifar(folder: Path, batch: object) -> Path:
 
 def search_checkpoint(path: Path, epoch: int, **config: object) -> None:
     """A checkpoint as `hmnas search` writes it (what --resume reads of it: epoch, state_dict, config)."""
-    from hmnas_nni.search.run import SearchConfig
+    from hmnas_nni.search.config import SearchConfig
 
     cfg = asdict(SearchConfig(**config))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,12 +99,11 @@ def safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 
 def derived_state(arch: Path) -> dict[str, torch.Tensor]:
-    """The network weights of a supernet of ``arch``'s space (freshly initialised), as a search saves them."""
+    """The weights a supernet must provide for ``arch``'s derived network."""
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.nas.derive import network_weights
-    from hmnas_nni.nas.rebuild import supernet_of
+    from hmnas_nni.search.derive import derived_network
 
-    return {k: v.clone() for k, v in network_weights(supernet_of(Architecture.load(arch))).items()}
+    return {k: v.clone() for k, v in derived_network(Architecture.load(arch)).state_dict().items()}
 
 
 def arch_with(tmp: Path, change: Callable[[dict], None]) -> Path:
@@ -127,6 +127,58 @@ def wrong_shape_supernet(tmp: Path) -> Path:
     return folder
 
 
+def export_cmd(*extra: str) -> list[str]:
+    """``hmnas export`` of the smoke architecture with the weights ``{tmp}/w.safetensors``."""
+    return ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out", "{out}", "--force", *extra]
+
+
+def smoke_weights(path: Path) -> Path:
+    """Weights of the smoke architecture as `hmnas retrain` writes them (random, but a network's)."""
+    import timm
+    from hmnas_nni.export import save_weights
+
+    save_weights(timm.create_model("hmnas", arch=str(SMOKE_ARCH)), path)
+    return path
+
+
+def supernet_dir(tmp: Path) -> Path:
+    """A search folder as `hmnas search` writes it: arch.json and supernet.safetensors (marked as a supernet)."""
+    from safetensors.torch import save_file
+
+    from hmnas_nni.format.weights import SUPERNET_FORMAT
+
+    folder = tmp / "searched"
+    folder.mkdir()
+    shutil.copy(SMOKE_ARCH, folder / "arch.json")
+    state = {f"net.{k}": v for k, v in derived_state(SMOKE_ARCH).items()}
+    save_file(state, str(folder / "supernet.safetensors"), metadata={"format": SUPERNET_FORMAT})
+    return folder
+
+
+def nan_supernet(tmp: Path) -> Path:
+    """A search folder whose supernet weights hold one NaN."""
+    folder = tmp / "searched"
+    folder.mkdir()
+    shutil.copy(SMOKE_ARCH, folder / "arch.json")
+    state = derived_state(SMOKE_ARCH)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key].view(-1)[0] = float("nan")
+    safetensors(folder / "supernet.safetensors", state)
+    return folder
+
+
+def foreign_onnx(path: Path) -> Path:
+    """A one-node ONNX model (Identity) that no `hmnas export` wrote: no metadata, other shapes."""
+    import onnx
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
 def truncated_supernet(tmp: Path) -> Path:
     """A search folder whose supernet.safetensors was cut in half."""
     folder = tmp / "searched"
@@ -147,6 +199,7 @@ class Case:
     message: str
     setup: Callable[[Path, Path], None] | None = None
     code: int = 2
+    without_gpu: bool = False  # the input is bad only on a machine without a GPU
 
 
 def _resume_ckpt(**config: object) -> Callable[[Path, Path], None]:
@@ -232,6 +285,56 @@ CASES = [
     # -- NNI trial parameters (the search-space JSON fields a trial reads)
     Case("trial-param-wrong-type", ["trial", "--params", '{"tau": "small"}', "--out", "{out}"],
          "parameter tau='small' must be a float"),
+    # -- output folders, numeric ranges and resources (each checked before the work starts)
+    Case("out-holds-a-finished-run", search(), "already holds another run's results (arch.json, cells.png, "
+         "checkpoints, config.json, metrics.json, model.onnx, model.safetensors, parity.json, supernet.safetensors); "
+         "pass a new --out folder, or --force to replace those results as a whole"),
+    Case("out-empty", search("--out", ""), "--out is empty; pass the folder the results go to"),
+    Case("sparsity-infinite", search("--sparsity", "inf"), "sparsity must be a finite number >= 0, got inf"),
+    Case("seed-negative", search("--seed", "-1"), "seed must be an integer in 0 .. 2**32-1, got -1"),
+    Case("subset-larger-than-data", search("--subset", "100000", "--force"),
+         "subset 100000 is more than the 1,437 training images of digits; pass --subset 1437 or less"),
+    Case("space-too-big-for-memory", search("--space-args", '{"channels": 4096}', "--force"),
+         "has 25,837,940,746 parameters: training it needs at least 385.0 GiB", code=4),
+    Case("accelerator-gpu-without-gpu", search("--accelerator", "gpu"), "--accelerator gpu: no GPU is visible here",
+         without_gpu=True),
+    Case("compare-epochs-zero", ["compare", "--epochs", "0", "--out", "{out}"],
+         "epochs must be a positive integer, got 0"),
+    Case("retrain-limit-larger-than-data", ["retrain", str(SMOKE_ARCH), "--dataset", "digits", "--epochs", "1",
+                                            "--limit-train", "100000", "--out", "{out}", "--force"],
+         "--limit-train 100000 is more than the 1,437 training images of digits"),
+    Case("retrain-supernet-non-finite", ["retrain", str(SMOKE_ARCH), "--dataset", "digits", "--epochs", "0", "--out",
+                                         "{out}", "--from-supernet", "{tmp}/searched", "--force"],
+         "holds 1 non-finite value(s) (NaN or inf)", setup=lambda tmp, out: nan_supernet(tmp)),
+    Case("export-opset-older-than-the-exporter", export_cmd("--opset", "17"),
+         "--opset 17 cannot be written: torch's ONNX exporter writes opsets 18 to"),
+    Case("export-opset-unknown", export_cmd("--opset", "99"), "--opset 99 cannot be written"),
+    Case("export-weights-non-finite", export_cmd(), "holds 1 non-finite value(s) (NaN or inf)",
+         setup=lambda tmp, out: safetensors(tmp / "w.safetensors", {"body.stem.0.weight": torch.tensor([1.0, nan])})),
+    Case("export-weights-integer", export_cmd(), "tensor body.stem.0.weight is torch.int64, not floating point",
+         setup=lambda tmp, out: safetensors(tmp / "w.safetensors", {"body.stem.0.weight": torch.arange(4)})),
+    Case("export-a-search-supernet", ["export", "{tmp}/searched/arch.json", "--weights",
+                                      "{tmp}/searched/supernet.safetensors", "--out", "{out}", "--force"],
+         "is a search's supernet (every candidate op), not a network's weights; make them first: hmnas retrain "
+         "{tmp}/searched/arch.json --from-supernet {tmp}/searched --epochs 0",
+         setup=lambda tmp, out: supernet_dir(tmp)),
+    Case("bench-foreign-onnx", ["bench", str(SMOKE_ARCH), "--onnx", "{tmp}/foreign.onnx", "--out", "{out}",
+                                "--backends", "ort-cpu", "--quick"], "was not written by `hmnas export`",
+         setup=lambda tmp, out: foreign_onnx(tmp / "foreign.onnx")),
+    Case("bench-iters-zero", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--iters", "0", "--min-seconds", "0"],
+         "--iters must be an integer >= 1, got 0"),
+    Case("bench-threads-negative", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--threads", "-1"],
+         "--threads must be a positive integer, got -1"),
+    Case("bench-batch-too-large", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--batch-sizes", "4000000"],
+         "batch sizes must be integers in 1..65536, got [4000000]"),
+    # -- every command that writes results refuses a folder holding another run's (without --force)
+    Case("trial-into-results", ["trial", "--space-args", '{"channels": 4}', "--subset", "64", "--batch-size", "16",
+                                "--epochs", "2", "--out", "{out}"], "already holds another run's results"),
+    Case("export-into-results", ["export", str(SMOKE_ARCH), "--weights", "{tmp}/w.safetensors", "--out", "{out}"],
+         "already holds another run's results", setup=lambda tmp, out: smoke_weights(tmp / "w.safetensors")),
+    Case("bench-into-results", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--quick"],
+         "already holds another run's results"),
+    Case("compare-into-results", ["compare", "--out", "{out}"], "already holds another run's results"),
 ]
 
 
@@ -286,6 +389,8 @@ def test_table_has_at_least_25_bad_inputs() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_clearly_and_touches_nothing(case: Case, results: dict[str, dict]) -> None:
+    if case.without_gpu and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here, so --accelerator gpu is good input")
     r = results[case.id]
     message = case.message.replace("{tmp}", str(r["tmp"])).replace("{out}", str(r["out"]))
     assert r["code"] == case.code, f"exit {r['code']}\n{r['stderr'][-3000:]}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -10,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hmnas_nni.experiments.compare import ALL_STRATEGIES, NUMERIC_FIELDS, main, make_plan
+from hmnas_nni.experiments.compare import ALL_STRATEGIES, make_plan
+from hmnas_nni.experiments.compare_report import NUMERIC_FIELDS
 from safetensors.torch import load_file
+
+from hmnas_nni.cli.main import main as hmnas_main
 
 
 def _enas_importable() -> bool:
@@ -23,7 +25,7 @@ def _enas_importable() -> bool:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], int]:
     """Run the tiny budget once for the whole module (a few minutes on 2 cores)."""
     out = tmp_path_factory.mktemp("compare")
-    rc = main(["--budget", "tiny", "--out", str(out)])
+    rc = hmnas_main(["compare", "--budget", "tiny", "--out", str(out), "--force"])
     return out, json.loads((out / "results.json").read_text()), rc
 
 
@@ -55,8 +57,8 @@ def test_hmnas_gap_comes_from_real_evaluations(tiny: tuple[Path, dict[str, Any],
     import copy
 
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.nas.rebuild import network_from_architecture
     from hmnas_nni.search.data import load_dataset, search_splits
+    from hmnas_nni.search.derive import derived_network
     from hmnas_nni.search.evaluation import accuracy, recalibrate_batchnorm
 
     _, doc, _ = tiny
@@ -65,7 +67,7 @@ def test_hmnas_gap_comes_from_real_evaluations(tiny: tuple[Path, dict[str, Any],
     search = Path(row["run_dir"]) / "search"
     arch = Architecture.load(search / "arch.json")
     assert arch.strategy == "hmnas"
-    net = network_from_architecture(arch, load_file(str(search / "supernet.safetensors"))).eval()
+    net = derived_network(arch, load_file(str(search / "supernet.safetensors"))).eval()
     train, _test, _info = load_dataset(plan["dataset"])
     train_split, val_split = search_splits(train, plan["subset"], row["seed"])
     assert len(val_split) == row["val_images"]
@@ -86,12 +88,10 @@ def test_hmnas_gap_comes_from_real_evaluations(tiny: tuple[Path, dict[str, Any],
 
 
 def test_plan_overrides_and_bad_strategy() -> None:
-    args = argparse.Namespace(budget="cpu", space="darts", strategies="hmnas,darts", seeds="3,4", epochs=2,
-                              subset=100, batch_size=None, space_args=None, retrain=0, retrain_limit=None, threads=None,
-                              latency=False, data_root=None, accelerator="cpu", out=None)
-    plan = make_plan(args)
+    args = dict(budget="cpu", space="darts", strategies="hmnas,darts", seeds="3,4", epochs=2, subset=100,
+                latency=False, accelerator="cpu")
+    plan = make_plan(**args)
     assert (plan["space"], plan["seeds"], plan["epochs"], plan["subset"]) == ("darts", [3, 4], 2, 100)
     assert plan["space_args"] == {"channels": 8, "num_cells": 3} and plan["dataset"] == "fashion-mnist"
-    args.strategies = "hmnas,snas"
     with pytest.raises(ValueError, match="snas"):
-        make_plan(args)
+        make_plan(**{**args, "strategies": "hmnas,snas"})

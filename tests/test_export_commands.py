@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -10,21 +9,18 @@ import hmnas_nni.export as export
 import pytest
 import timm
 import torch
-from hmnas_nni.export.bench import add_bench_parser, run_bench
-from hmnas_nni.export.retrain import add_retrain_parser, run_retrain
 from hmnas_nni.export.sample import SMOKE_ARGS, smoke_architecture
 from hmnas_nni.spaces import build_space
 from safetensors.torch import load_file, save_file
 
+from hmnas_nni.cli.main import main as hmnas_main
 from hmnas_nni.search.data import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _cli(add, run, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add(parser.add_subparsers(dest="cmd"))
-    return run(parser.parse_args(argv))
+def _cli(argv: list[str]) -> int:
+    return hmnas_main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def retrained(tmp_path_factory):
     """One short retrain of an nb201 architecture on digits."""
     d = tmp_path_factory.mktemp("retrain")
     smoke_architecture("nb201").save(d / "arch.json")
-    rc = _cli(add_retrain_parser, run_retrain, ["retrain", str(d / "arch.json"), "--dataset", "digits",
+    rc = _cli(["retrain", str(d / "arch.json"), "--dataset", "digits",
                                                 "--epochs", "2", "--limit-train", "1000", "--batch-size", "32",
                                                 "--out", str(d / "out"), "--no-progress"])
     assert rc == 0
@@ -60,7 +56,7 @@ def test_retrain_writes_weights_and_metrics_that_agree(retrained):
 
 def test_retrain_refuses_to_overwrite(retrained, capsys):
     before = (retrained / "out" / "model.safetensors").read_bytes()
-    rc = _cli(add_retrain_parser, run_retrain, ["retrain", str(retrained / "arch.json"), "--dataset", "digits",
+    rc = _cli(["retrain", str(retrained / "arch.json"), "--dataset", "digits",
                                                 "--epochs", "0", "--out", str(retrained / "out")])
     assert rc == 2
     err = capsys.readouterr().err.strip()
@@ -78,7 +74,7 @@ def test_retrain_from_supernet_inherits_its_weights(tmp_path):
     arch = smoke_architecture("nb201")
     arch.save(search / "arch.json")
     save_file({k: v.contiguous() for k, v in space.state_dict().items()}, str(search / "supernet.safetensors"))
-    rc = _cli(add_retrain_parser, run_retrain, ["retrain", str(search / "arch.json"), "--dataset", "digits",
+    rc = _cli(["retrain", str(search / "arch.json"), "--dataset", "digits",
                                                 "--epochs", "0", "--from-supernet", str(search),
                                                 "--out", str(tmp_path / "ft")])
     assert rc == 0
@@ -94,7 +90,7 @@ def test_retrain_from_supernet_inherits_its_weights(tmp_path):
 def test_retrain_from_supernet_without_weights_fails_clearly(tmp_path, capsys):
     (tmp_path / "search").mkdir()
     smoke_architecture("nb201").save(tmp_path / "search" / "arch.json")
-    rc = _cli(add_retrain_parser, run_retrain, ["retrain", str(tmp_path / "search" / "arch.json"), "--dataset",
+    rc = _cli(["retrain", str(tmp_path / "search" / "arch.json"), "--dataset",
                                                 "digits", "--epochs", "0", "--from-supernet",
                                                 str(tmp_path / "search"), "--out", str(tmp_path / "ft")])
     assert rc == 2
@@ -104,7 +100,7 @@ def test_retrain_from_supernet_without_weights_fails_clearly(tmp_path, capsys):
 
 def test_bench_quick_writes_json_csv_and_png(retrained):
     out = retrained / "bench"
-    rc = _cli(add_bench_parser, run_bench, ["bench", str(retrained / "out" / "arch.json"), "--weights",
+    rc = _cli(["bench", str(retrained / "out" / "arch.json"), "--weights",
                                             str(retrained / "out" / "model.safetensors"), "--out", str(out),
                                             "--quick", "--threads", "1"])
     assert rc == 0
@@ -137,13 +133,39 @@ def test_bench_torch_compile_is_measured_or_its_error_recorded(tmp_path):
 def test_bench_rejects_a_corrupt_onnx_file(tmp_path, capsys):
     smoke_architecture("mobile").save(tmp_path / "arch.json")
     (tmp_path / "bad.onnx").write_bytes(b"garbage" * 20)
-    rc = _cli(add_bench_parser, run_bench, ["bench", str(tmp_path / "arch.json"), "--onnx", str(tmp_path / "bad.onnx"),
+    rc = _cli(["bench", str(tmp_path / "arch.json"), "--onnx", str(tmp_path / "bad.onnx"),
                                             "--out", str(tmp_path / "out"), "--quick", "--backends", "ort-cpu"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "corrupt" in err and "hmnas export" in err
     # With PyTorch backends the ONNX file's weights must be given too, or the two sides would differ.
-    rc = _cli(add_bench_parser, run_bench, ["bench", str(tmp_path / "arch.json"), "--onnx", str(tmp_path / "bad.onnx"),
+    rc = _cli(["bench", str(tmp_path / "arch.json"), "--onnx", str(tmp_path / "bad.onnx"),
                                             "--out", str(tmp_path / "out"), "--quick"])
     assert rc == 2 and "--weights" in capsys.readouterr().err
     assert not (tmp_path / "out" / "bench.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, ort-cuda is measured")
+def test_bench_with_nothing_measured_fails_and_writes_nothing(tmp_path, capsys):
+    smoke_architecture("nb201").save(tmp_path / "arch.json")
+    rc = _cli(["bench", str(tmp_path / "arch.json"), "--out", str(tmp_path / "out"), "--backends", "ort-cuda",
+               "--quick"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing was measured: every backend failed (ort-cuda: no GPU here" in err[0]
+    assert not (tmp_path / "out" / "bench.json").exists() and not (tmp_path / "out" / "bench.csv").exists()
+
+
+def test_timm_refuses_weights_with_nan_or_integer_tensors(tmp_path):
+    from hmnas_nni.export.hmnas_timm import WeightsError
+
+    smoke_architecture("nb201").save(tmp_path / "arch.json")
+    state = timm.create_model("hmnas", arch=str(tmp_path / "arch.json")).state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    for name, bad, needle in (("nan", torch.full_like(state[key], float("nan")), "non-finite"),
+                              ("int", torch.zeros(state[key].shape, dtype=torch.int32), "not floating point")):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({**{k: v.contiguous() for k, v in state.items()}, key: bad.contiguous()}, str(path))
+        with pytest.raises(WeightsError, match=needle):
+            timm.create_model("hmnas", arch=str(tmp_path / "arch.json"), pretrained=True,
+                              pretrained_cfg_overlay={"file": str(path)})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import hmnas_nni.export as export
@@ -14,15 +13,15 @@ import torch
 from hmnas_nni.export.onnx_export import (
     FP32_TOL,
     ExportError,
-    add_export_parser,
     export_checked,
     export_onnx,
     load_onnx,
     metadata_of,
     ort_session,
-    run_export,
 )
 from hmnas_nni.export.sample import smoke_architecture
+
+from hmnas_nni.cli.main import main as hmnas_main
 
 SPACES = ("nb201", "darts", "mobile")
 
@@ -99,9 +98,7 @@ def test_fp16_model_has_its_own_tolerance(exported):
 
 
 def _export_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers(dest="cmd"))
-    return run_export(parser.parse_args(["export", *argv]))
+    return hmnas_main(["export", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +174,12 @@ def test_unexportable_operator_is_named(tmp_path):
     with pytest.raises(ExportError, match="operator aten.linalg_eig"):
         export_onnx(_Eig(), tmp_path / "eig.onnx", (1, 4, 4))
     assert not (tmp_path / "eig.onnx").exists()
+
+
+def test_the_opset_recorded_is_the_opset_written(nb_files):
+    out = nb_files / "opset20"
+    assert _export_cli([str(nb_files / "nb.json"), "--weights", str(nb_files / "nb.safetensors"), "--out", str(out),
+                        "--opset", "20", "--real-images", "0"]) == 0
+    proto = onnx.load(str(out / "model.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [20]
+    assert json.loads((out / "parity.json").read_text())["models"][0]["opset"] == 20

@@ -142,7 +142,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Experiment]:
     """experiments/smoke.yml run to the end under nnictl."""
     tmp_path = tmp_path_factory.mktemp("smoke")
     config, workdir = write_config(EXPERIMENTS / "smoke.yml", tmp_path)
-    with run_experiment(config, workdir, nni_env(tmp_path), timeout=300) as exp:
+    with run_experiment(config, workdir, nni_env(tmp_path), timeout=900) as exp:
         yield exp
 
 
@@ -170,6 +170,16 @@ def test_smoke_trials_succeed_with_metrics_and_architecture(smoke: Experiment) -
         assert (out / "metrics.json").is_file() and (out / "cells.png").is_file()
         params = json.loads(trial["hyperParameters"][0])["parameters"]
         assert set(params) == {"sparsity"}
+
+
+def test_smoke_shows_a_search_accuracy_rising_and_ops_pruned(smoke: Experiment) -> None:
+    """What a new user first sees in the web UI: accuracy climbing from chance, the cell losing ops."""
+    pruned = []
+    for trial in smoke.trials:
+        epochs = metric_values(smoke, trial["trialJobId"], "PERIODICAL")
+        assert epochs[0]["default"] < 0.3 and epochs[-1]["default"] > 0.8, [e["default"] for e in epochs]
+        pruned.append(epochs[0]["ops_kept"] - epochs[-1]["ops_kept"])
+    assert max(pruned) >= 6, pruned  # at least one trial's masking removed a fifth of the 30 ops
 
 
 def test_web_ui_renders_trial_table(smoke: Experiment, tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_kubernetes_configs_pass_nni_validation(name: str, platform: str) -> Non
     config = ExperimentConfig.load(str(EXPERIMENTS / name))
     config.validate()
     assert type(config.training_service).__name__ == platform
-    assert "hmnas_nni.experiments.trial" in config.trial_command
+    assert "hmnas_nni.cli trial" in config.trial_command
     space = json.loads((EXPERIMENTS / config.search_space_file).read_text())
     assert space, "empty search space"
 

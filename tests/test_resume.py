@@ -126,8 +126,9 @@ def test_numerical_fault_exits_with_one_message_and_keeps_the_last_good_checkpoi
 
 def test_sigterm_at_an_epochs_end_is_still_an_interruption(tmp_path: Path, one_thread: None) -> None:
     """Lightning raises its own exit (status 0) for a SIGTERM between an epoch's last step and its end."""
+    from hmnas_nni.search.config import SearchConfig
     from hmnas_nni.search.reliability import SearchInterrupted
-    from hmnas_nni.search.run import SearchConfig, run_search
+    from hmnas_nni.search.run import run_search
 
     config = SearchConfig(space="nb201", space_args={"channels": 4}, dataset="digits", subset=128, batch_size=32,
                           epochs=4, seed=3, progress=False, out=str(tmp_path / "run"))

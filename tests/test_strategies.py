@@ -11,18 +11,18 @@ from nni.nas.hub.pytorch import NasBench201
 from torch.utils.data import TensorDataset
 
 from hmnas_nni import HMNAS, Architecture
+from hmnas_nni.search.config import TINY_SPACE_ARGS, SearchConfig
 from hmnas_nni.search.data import load_dataset, search_splits
-from hmnas_nni.search.run import SearchConfig, run_search
-from tests.helpers import TINY_ARGS
+from hmnas_nni.search.run import run_search
 
 
 @pytest.mark.parametrize("space", ["nb201", "darts", "mobile"])
 @pytest.mark.parametrize("strategy", ["hmnas", "darts"])
 def test_tiny_search_completes(tmp_path, space, strategy):
     config = SearchConfig(space=space, dataset="digits", strategy=strategy, epochs=2, subset=256, batch_size=32,
-                          space_args={k: v for k, v in TINY_ARGS[space].items() if k != "input_size"},
+                          space_args=TINY_SPACE_ARGS[space],
                           out=str(tmp_path), progress=False)
-    final = run_search(config)
+    final = run_search(config).final
     for key in ("supernet_val_acc", "derived_val_acc", "derivation_gap", "ops_kept", "edges_kept", "params",
                 "epoch_seconds", "peak_memory_mb"):
         assert isinstance(final[key], (int, float)) and final[key] == final[key], key
@@ -37,7 +37,7 @@ def test_tiny_search_completes(tmp_path, space, strategy):
 
 
 def test_digits_search_learns_and_keeps_no_gap(tmp_path):
-    final = run_search(SearchConfig(space="nb201", dataset="digits", epochs=3, out=str(tmp_path), progress=False))
+    final = run_search(SearchConfig(space="nb201", dataset="digits", epochs=3, out=str(tmp_path), progress=False)).final
     assert final["derived_val_acc"] > 0.5  # chance is 0.1
     assert abs(final["derivation_gap"]) < 0.005
 

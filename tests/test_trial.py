@@ -13,7 +13,11 @@ import pytest
 import yaml
 from hmnas_nni.experiments import trial
 
-from hmnas_nni.search.run import SearchConfig
+from hmnas_nni.cli.errors import EXIT_BAD_INPUT
+from hmnas_nni.cli.main import build_parser
+from hmnas_nni.cli.main import main as hmnas_main
+from hmnas_nni.cli.options import given_values
+from hmnas_nni.search.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -79,7 +83,7 @@ def test_bad_input_fails_before_writing_anything(args: list[str], needle: str, t
                                                  capsys: pytest.CaptureFixture) -> None:
     _clean_env(monkeypatch)
     out = tmp_path / "out"
-    assert trial.main(["--out", str(out), *args]) == trial.EXIT_BAD_INPUT
+    assert hmnas_main(["trial", "--out", str(out), *args]) == EXIT_BAD_INPUT
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], captured.err
@@ -90,9 +94,9 @@ def test_bad_input_fails_before_writing_anything(args: list[str], needle: str, t
 def test_python_m_trial_exits_at_once_with_one_line(args: list[str], needle: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.trial", "--out", str(out), *args], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "hmnas_nni.cli", "trial", "--out", str(out), *args], cwd=tmp_path,
                          env=_clean_env(monkeypatch), capture_output=True, text=True, timeout=120)
-    assert run.returncode == trial.EXIT_BAD_INPUT, run.stderr
+    assert run.returncode == EXIT_BAD_INPUT, run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], run.stderr
     assert "Traceback" not in run.stderr
@@ -101,7 +105,7 @@ def test_python_m_trial_exits_at_once_with_one_line(args: list[str], needle: str
 
 def test_outside_nni_it_is_a_plain_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "search"
-    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.trial", "--epochs", "2", "--subset", "128",
+    run = subprocess.run([sys.executable, "-m", "hmnas_nni.cli", "trial", "--epochs", "2", "--subset", "128",
                           "--no-progress", "--out", str(out), "--params", '{"sparsity": 0.001}'], cwd=tmp_path,
                          env=_clean_env(monkeypatch), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -117,10 +121,9 @@ def test_outside_nni_it_is_a_plain_search(tmp_path: Path, monkeypatch: pytest.Mo
 def _trial_config(yml: Path, params: dict) -> SearchConfig:
     """The SearchConfig a trial of ``yml`` would run with ``params`` (without running it)."""
     command = shlex.split(yaml.safe_load(yml.read_text())["trialCommand"])
-    assert command[:3] == ["python3", "-m", "hmnas_nni.experiments.trial"], command
-    parser = trial.add_trial_arguments(__import__("argparse").ArgumentParser())
-    args = parser.parse_args(command[3:])
-    return trial.build_config(trial._cli_values(args), params)
+    assert command[:4] == ["python3", "-m", "hmnas_nni.cli", "trial"], command
+    args = build_parser().parse_args(command[3:])
+    return trial.build_config(given_values(args), params)
 
 
 def _corners(space: dict) -> list[dict]:
@@ -150,15 +153,17 @@ def test_compare_covers_every_strategy() -> None:
     assert set(space["strategy"]["_value"]) == {"hmnas", "darts", "gumbel-darts", "enas", "random-oneshot"}
 
 
-def test_python_api_script_exports_hmnas_and_darts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_api_example_exports_hmnas_and_darts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import dataclasses
+
+    from hmnas_nni.experiments.api_example import EXAMPLE, run_example
+
     out = tmp_path / "api"
-    run = subprocess.run([sys.executable, "-m", "hmnas_nni.experiments.api_example", "--epochs", "1", "--subset", "128",
-                          "--out", str(out)], cwd=tmp_path, env=_clean_env(monkeypatch), capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_example(dataclasses.replace(EXAMPLE, epochs=1, subset=128, out=str(out)))
     results = json.loads((out / "architectures.json").read_text())
     assert set(results) == {"hmnas", "darts"}
     for name, result in results.items():
         assert result["architecture"]["strategy"] == name and result["architecture"]["space"] == "nb201"
         assert result["nni_export"]
-    assert "== hmnas: NNI export" in run.stdout and "== darts: NNI export" in run.stdout
+    stdout = capsys.readouterr().out
+    assert "== hmnas: NNI export" in stdout and "== darts: NNI export" in stdout

@@ -64,11 +64,6 @@ def search_splits(train: TensorDataset, subset: int | None, seed: int) -> tuple[
     return TensorDataset(x[order[:half]], y[order[:half]]), TensorDataset(x[order[half:]], y[order[half:]])
 
 
-def _normalise(x: np.ndarray, name: str, n_classes: int, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.as_tensor(x, dtype=torch.float32)
-    return t, torch.as_tensor(y, dtype=torch.int64)
-
-
 def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     dims = (0, 2, 3)
     return tuple(x.mean(dims).tolist()), tuple(x.std(dims).tolist())

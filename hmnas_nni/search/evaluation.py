@@ -8,17 +8,26 @@ from torch.utils.data import DataLoader, Dataset
 
 
 @torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` (in whatever train/eval mode it is) over ``data``."""
+    correct = total = 0
+    loss = 0.0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        logits = model(x.to(device)).cpu()
+        correct += int((logits.argmax(-1) == y).sum())
+        loss += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+        total += len(y)
+    return correct / max(1, total), loss / max(1, total)
+
+
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 256, device: torch.device | str = "cpu") -> float:
     """Top-1 accuracy of ``model`` (in whatever train/eval mode it is) over ``data``."""
-    correct = total = 0
-    for x, y in DataLoader(data, batch_size=batch_size):
-        pred = model(x.to(device)).argmax(-1)
-        correct += int((pred.cpu() == y).sum())
-        total += len(y)
-    return correct / max(1, total)
+    return evaluate(model, data, batch_size, device)[0]
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (weights, not buffers)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hmnas_nni.format.architecture import Architecture, ChoiceSpec  # noqa: E402
+from hmnas_nni.format.files import atomic_path  # noqa: E402
 
 _EDGE_LABEL = re.compile(r"^(?P<cell>.+)/(?P<src>\d+)_(?P<dst>\d+)$")
 
@@ -124,9 +125,11 @@ def plot_architecture(arch: Architecture, path: str | os.PathLike,
     fig.suptitle(f"HM-NAS derived architecture ({arch.strategy}) on space {arch.space!r}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=130, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -1,0 +1,78 @@
+"""The one registry of search strategies: name -> factory of the NNI strategy object, shared by every entry point.
+
+``hmnas search --strategy``, the NNI trial, ``hmnas compare`` and the Python API example all build their
+strategy with :func:`make_strategy`, from the knobs of a search config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class StrategyKnobs(Protocol):
+    """The config fields a strategy is built from (:class:`~hmnas_nni.search.config.SearchConfig` has them all)."""
+
+    strategy: str
+    arc_lr: float
+    mask_lr: float
+    tau: float
+    mask_init: float
+    sparsity: float
+    settle_epochs: int
+
+    def schedule(self) -> tuple[int, int]: ...
+
+
+def _hmnas(knobs: StrategyKnobs) -> Any:
+    from hmnas_nni.nas.strategy import HMNAS
+
+    warmup, arch = knobs.schedule()
+    return HMNAS(arc_learning_rate=knobs.arc_lr, mask_learning_rate=knobs.mask_lr, warmup_epochs=warmup,
+                 arch_epochs=arch, tau=knobs.tau, mask_init=knobs.mask_init, sparsity=knobs.sparsity,
+                 settle_epochs=knobs.settle_epochs)
+
+
+def _nni(name: str) -> Callable[[StrategyKnobs], Any]:
+    """A factory of NNI's differentiable strategy ``name`` with the shared learning rate and warm-up."""
+
+    def build(knobs: StrategyKnobs) -> Any:
+        from nni.nas.oneshot.pytorch import strategy
+
+        return getattr(strategy, name)(arc_learning_rate=knobs.arc_lr, warmup_epochs=knobs.schedule()[0])
+
+    return build
+
+
+def _enas(knobs: StrategyKnobs) -> Any:
+    from hmnas_nni.format.errors import UsageError
+
+    from .nni_enas import LightningENAS, enas_missing
+
+    missing = enas_missing()
+    if missing:
+        raise UsageError(missing)
+    return LightningENAS(warmup_epochs=knobs.schedule()[0], reward_metric_name="val_acc")
+
+
+def _random(knobs: StrategyKnobs) -> Any:
+    from nni.nas.oneshot.pytorch.strategy import RandomOneShot
+
+    return RandomOneShot()  # NNI's RandomOneShot has no warm-up
+
+
+#: Strategy name -> factory taking the search config.
+REGISTRY: dict[str, Callable[[StrategyKnobs], Any]] = {
+    "hmnas": _hmnas,
+    "darts": _nni("DARTS"),
+    "gumbel-darts": _nni("GumbelDARTS"),
+    "enas": _enas,
+    "random-oneshot": _random,
+    "proxyless": _nni("Proxyless"),
+}
+STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def make_strategy(knobs: StrategyKnobs) -> Any:
+    """The NNI strategy object named by ``knobs.strategy``, with the config's shared knobs."""
+    return REGISTRY[knobs.strategy](knobs)
