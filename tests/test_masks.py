@@ -83,20 +83,21 @@ def test_input_choice_masks_inputs_and_keeps_any_number():
     assert choice.export({}) == {"node": [{"input": 2, "weight": 1.0}]}
 
 
-def test_unsupported_mutable_is_named_in_the_error():
+def test_an_input_choice_hmnas_cannot_mask_is_named_with_the_fix():
     import pytest
-    from nni.nas.nn.pytorch import ModelSpace, Repeat
+    from nni.nas.nn.pytorch import InputChoice, ModelSpace
 
     from hmnas_nni import HMNAS
 
     class Space(ModelSpace):
         def __init__(self):
             super().__init__()
-            self.blocks = Repeat(lambda i: nn.Linear(4, 4), (1, 2), label="depth")
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.pick = InputChoice(2, 1, reduction="concat", label="pick")
             self.head = LayerChoice({"a": nn.Linear(4, 2), "b": nn.Linear(4, 2)}, label="head")
 
         def forward(self, x):
-            return self.head(self.blocks(x))
+            return self.head(self.pick([self.a(x), self.b(x)]))
 
-    with pytest.raises(TypeError, match=r"'blocks' of type Repeat.*LayerChoice"):
+    with pytest.raises(TypeError, match=r"'pick' uses 'concat': use reduction='sum' or 'mean'"):
         HMNAS().mutate_model(Space())

@@ -35,7 +35,8 @@ class HMNASMixedInput(InputChoice, BaseSuperNetModule):
             return None
         if module.reduction not in ("sum", "mean"):
             raise TypeError(f"HMNAS supports InputChoice with reduction 'sum' or 'mean'; {name!r} uses "
-                            f"{module.reduction!r}")
+                            f"{module.reduction!r}: use reduction='sum' or 'mean', or search this space with "
+                            "another NNI strategy")
         n = module.n_candidates
         return cls(n, module.n_chosen, shared_logits(memo, f"{module.label}#beta", n),
                    shared_masks(memo, f"{module.label}#inputs", n, mutate_kwargs), module.label)
