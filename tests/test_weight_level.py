@@ -117,7 +117,8 @@ def test_searched_pruned_and_derived_with_zero_gap(name, tmp_path, one_thread):
     assert any(m.chosen() < max(m.values) for m in masks), "the sparsity term pruned no width, kernel or depth"
     assert sum(p.numel() for p in net.parameters()) < _max_params(factory)
     assert all(values[m.label] == m.chosen() for m in masks)
-    onnx_out = ort_session(export_onnx(net, tmp_path / "model.onnx", tuple(x.shape[1:]))).run(None, {"input": x.numpy()})
+    onnx_file = export_onnx(net, tmp_path / "model.onnx", tuple(x.shape[1:]))
+    onnx_out = ort_session(onnx_file).run(None, {"input": x.numpy()})
     assert np.abs(onnx_out[0] - got.numpy()).max() <= 1e-4
 
 
