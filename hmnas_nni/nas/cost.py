@@ -149,16 +149,18 @@ class GateValues:
                 self.index[row, col] = offsets[(g.kind, id(g.owner))] + g.index - (1 if g.kind == "depth" else 0)
 
     def vector(self) -> torch.Tensor:
-        """Every gate's current value, straight-through."""
-        parts = [torch.ones(1)]
+        """Every gate's current value, straight-through, on the masks' device."""
+        device = self.masks[0].scores.device if self.masks else torch.device("cpu")
+        parts = [torch.ones(1, device=device)]
         parts += [m().float() for m in self.masks]
         parts += [torch.cumprod(vm.steps().float(), 0) for vm in self.prefixes]
-        parts += [_block_gates(r) for r in self.repeats]
-        return torch.cat([p.reshape(-1).cpu() for p in parts])
+        parts += [_block_gates(r).to(device) for r in self.repeats]
+        return torch.cat([p.reshape(-1) for p in parts])
 
     def gates(self) -> torch.Tensor:
         """Each item's product of gates."""
-        return self.vector()[self.index].prod(1)
+        vector = self.vector()
+        return vector[self.index.to(vector.device)].prod(1)
 
 
 def _width(kind: str, owner: nn.Module) -> int:
@@ -184,7 +186,9 @@ class LatencyModel:
     @classmethod
     def of(cls, supernet: nn.Module, hierarchy: Hierarchy, table: Any, where: str = "latency table") -> LatencyModel:
         """The model of a :class:`~hmnas_nni.format.latency_table.LatencyTable`."""
-        return cls(supernet, hierarchy, table.costs, table.base_ms, table.scale, where)
+        model = cls(supernet, hierarchy, table.costs, table.base_ms, table.scale, where)
+        model.input_shape = list(table.input_shape)
+        return model
 
     def __init__(self, supernet: nn.Module, hierarchy: Hierarchy, costs: Mapping[str, float], base_ms: float = 0.0,
                  scale: float = 1.0, where: str = "latency table") -> None:
@@ -200,10 +204,12 @@ class LatencyModel:
         self.base_ms = float(base_ms)
         self._gates = GateValues(self.items)
         self._weights: list[torch.Tensor] | None = None
+        self.input_shape: list[int] | None = None
 
     def expected_ms(self) -> torch.Tensor:
         """Latency of the masked network (ms), with the masks' straight-through gradient."""
-        return self.base_ms + (self.costs * self._gates.gates()).sum()
+        gates = self._gates.gates()
+        return self.base_ms + (self.costs.to(gates.device) * gates).sum()
 
     def predicted_ms(self) -> float:
         """The table's prediction for the network the masks keep now."""
@@ -253,6 +259,31 @@ class LatencyModel:
         """Expected milliseconds per item kind, and the base, for the network the masks keep now."""
         out = {"base": self.base_ms, **{k: 0.0 for k in KINDS}}
         with torch.no_grad():
-            for item, ms in zip(self.items, (self.costs * self._gates.gates()).tolist()):
+            for item, ms in zip(self.items, (self.costs * self._gates.gates().cpu()).tolist()):
                 out[item.kind] += ms
         return out
+
+
+def latency_model_for(supernet: nn.Module, hierarchy: Hierarchy, table: Any,
+                      target_ms: float | None = None) -> LatencyModel:
+    """The latency model of ``table`` (a ``LatencyTable`` or its path) for ``supernet``, refused with the mismatch
+    named if the table was measured for another space; a target below the smallest network is said at once."""
+    from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
+    from hmnas_nni.spaces.registry import space_identity
+
+    where = "latency table"
+    if not isinstance(table, LatencyTable):
+        where = f"latency table {table}"
+        table = LatencyTable.load(table)
+    name, args = space_identity(supernet)
+    problem = table.mismatch(space=name, space_args=args)
+    if problem:
+        raise LatencyTableError(f"{where} {problem}; measure a table for this space with `hmnas latency`")
+    model = LatencyModel.of(supernet, hierarchy, table, where)
+    if target_ms is not None:
+        smallest = model.smallest_ms()
+        if target_ms < smallest:
+            _logger.warning("latency target %.4f ms is below the smallest network the masks can keep (%.4f ms "
+                            "predicted); the search will shrink the network as far as it can and miss the target",
+                            target_ms, smallest)
+    return model
