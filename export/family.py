@@ -50,7 +50,8 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
         rows.append({"rank": rank, "level": member.level, "architecture": member.architecture,
                      "predicted_ms": member.predicted_ms, "measured_ms": None, "params": count_parameters(net),
                      "flops": flops(net, shape), "ops_kept": member.architecture.ops_kept(),
-                     "entries_kept": member.size(), "kept": member.kept, "val_acc": accuracy(net, val_data) if val_data else None})
+                     "entries_kept": member.size(), "kept": member.kept,
+                     "val_acc": accuracy(net, val_data) if val_data else None})
         if timer is not None:
             graphs.append(timer.graph(net, (table.batch, *shape), f"family member {rank}", fresh=True))
     if timer is not None:

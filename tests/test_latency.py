@@ -10,10 +10,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from hmnas_nni.export.latency import Runtime, Timer, expected_fields, latency_table_for, measure_table
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
 from hmnas_nni import HMNAS
-from hmnas_nni.export.latency import Runtime, Timer, expected_fields, latency_table_for, measure_table
 from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
 from hmnas_nni.nas.cost import LatencyModel, cost_items
 from hmnas_nni.nas.lightning import HMNASLightningModule
