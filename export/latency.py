@@ -423,6 +423,35 @@ def latency_table_for(supernet: nn.Module, hierarchy: Hierarchy, input_shape: tu
     return table
 
 
+def traced_supernet(space: nn.Module, input_shape: tuple[int, ...] | list[int],
+                    edge_level: str = "auto") -> tuple[nn.Module, Any]:
+    """``space`` as an HM-NAS supernet whose dataflow is known (one training forward and backward), with its
+    strategy."""
+    from hmnas_nni.nas.strategy import HMNAS
+
+    strategy = HMNAS(edge_level=edge_level)
+    strategy.mutate_model(space)
+    space.train()
+    space(torch.randn(2, *input_shape)).sum().backward()
+    space.zero_grad()
+    return space, strategy
+
+
+def table_for_space(space: str, space_args: dict[str, Any], input_shape: tuple[int, ...] | list[int],
+                    path: str | Path, batch: int = 1, runtime: Runtime | None = None, repeats: int = 5,
+                    edge_level: str = "auto") -> LatencyTable:
+    """The latency table of a registered space (or an NNI space's import path) with ``space_args``, for inputs of
+    ``input_shape`` (C, H, W): read from ``path`` when it was measured for exactly this, else measured here
+    and saved there (what ``hmnas latency`` and a search with ``--latency-target`` call)."""
+    from hmnas_nni.spaces.registry import build_space, fit_input
+
+    torch.manual_seed(0)
+    model = fit_input(build_space(space, **space_args), tuple(input_shape))
+    supernet, strategy = traced_supernet(model, input_shape, edge_level)
+    return latency_table_for(supernet, strategy.hierarchy, input_shape, path, batch,
+                             timer=Timer(runtime or Runtime(), repeats=repeats))
+
+
 def runtime_of(table: LatencyTable) -> Runtime:
     """The runtime a table was measured on, refused if this machine cannot reproduce it."""
     rt = Runtime(table.runtime["provider"], table.runtime["threads"], table.runtime["exporter"])

@@ -31,9 +31,8 @@ from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.nas.levels import masks_at
 from hmnas_nni.nas.samples import architecture_from_export, export_sample
-from hmnas_nni.nas.strategy import HMNAS
 
-from .latency import Runtime, Timer, measure_table, random_scores, reads_input
+from .latency import Runtime, Timer, measure_table, random_scores, reads_input, traced_supernet
 
 _logger = logging.getLogger(__name__)
 
@@ -63,17 +62,6 @@ def default_spaces() -> list[SpaceSpec]:
                   (3, 64, 64), {"space_args": {"num_labels": 10, "base_widths": [16, 16, 16, 24, 32, 48, 64, 96, 160]},
                                 "edge_level": "none"}),
     ]
-
-
-def traced_supernet(space: nn.Module, input_shape: tuple[int, ...],
-                    edge_level: str = "auto") -> tuple[nn.Module, HMNAS]:
-    """``space`` as an HM-NAS supernet whose dataflow is known (one training forward and backward)."""
-    strategy = HMNAS(edge_level=edge_level)
-    strategy.mutate_model(space)
-    space.train()
-    space(torch.randn(2, *input_shape)).sum().backward()
-    space.zero_grad()
-    return space, strategy
 
 
 def sample_networks(supernet: nn.Module, hierarchy: Hierarchy, table: LatencyTable, n: int, seed: int,

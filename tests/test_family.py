@@ -10,8 +10,7 @@ import warnings
 import pytest
 import torch
 from hmnas_nni.export.family import family
-from hmnas_nni.export.latency import Runtime, Timer, check_latency_target, measure_table
-from hmnas_nni.export.latency_fit import traced_supernet
+from hmnas_nni.export.latency import Runtime, Timer, check_latency_target, measure_table, traced_supernet
 from hmnas_nni.spaces import build_space
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment

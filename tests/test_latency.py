@@ -10,7 +10,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from hmnas_nni.export.latency import Runtime, Timer, expected_fields, latency_table_for, measure_table
+from hmnas_nni.export.latency import (
+    Runtime,
+    Timer,
+    expected_fields,
+    latency_table_for,
+    measure_table,
+    table_for_space,
+)
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
 from hmnas_nni import HMNAS
@@ -163,3 +170,14 @@ def test_measuring_a_nas_bench_201_supernet_covers_every_op(one_thread):
     conv = [v for k, v in table.costs.items() if k.endswith("conv_3x3")]
     skip = [v for k, v in table.costs.items() if k.endswith("skip_connect")]
     assert min(conv) > max(skip)
+
+
+def test_table_for_space_measures_once_then_reads_back(tmp_path, one_thread):
+    runtime = Runtime(exporter="torchscript")
+    path = tmp_path / "nb201.json"
+    first = table_for_space("nb201", {"channels": 4, "input_size": 8}, (1, 8, 8), path, runtime=runtime, repeats=2)
+    assert path.is_file() and first.space == "nb201" and first.space_args["channels"] == 4
+    again = table_for_space("nb201", {"channels": 4, "input_size": 8}, (1, 8, 8), path, runtime=runtime)
+    assert again.costs == first.costs
+    with pytest.raises(LatencyTableError, match=r"space_args channels=4 \(wanted 6\)"):
+        table_for_space("nb201", {"channels": 6, "input_size": 8}, (1, 8, 8), path, runtime=runtime)
