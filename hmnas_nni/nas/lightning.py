@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 
+from .cost import LatencyModel
 from .defaults import DEFAULTS
 from .hierarchy import Hierarchy
 
@@ -32,10 +33,17 @@ class HMNASLightningModule(DartsLightningModule):
                  mask_learning_rate: float = DEFAULTS.mask_learning_rate, warmup_epochs: int = DEFAULTS.warmup_epochs,
                  arch_epochs: int = DEFAULTS.arch_epochs, sparsity: float = DEFAULTS.sparsity,
                  settle_epochs: int = DEFAULTS.settle_epochs,
-                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10) -> None:
+                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
+                 latency: LatencyModel | None = None, latency_target_ms: float | None = None,
+                 latency_weight: float = 1.0) -> None:
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs)
+        if latency_target_ms is not None and latency is None:
+            raise ValueError("a latency target needs a latency table: pass latency_table= to HMNAS")
         self.hierarchy = hierarchy
+        self.latency = latency
+        self.latency_target_ms = latency_target_ms
+        self.latency_weight = latency_weight
         self.mask_learning_rate = mask_learning_rate
         self.arch_epochs = arch_epochs
         self.sparsity = sparsity
@@ -102,9 +110,20 @@ class HMNASLightningModule(DartsLightningModule):
         return self.training_module.on_train_epoch_start()
 
     def sparsity_loss(self) -> torch.Tensor:
-        """``lambda * mean |s|`` over every mask score: pushes towards fewer ops and edges."""
+        """``lambda * mean |s|`` over every mask score: pushes towards fewer ops and edges. With a latency table,
+        each score's term is weighted by the latency its entry saves (mean weight 1): expensive entries go first."""
         scores = torch.cat([s.reshape(-1) for s in self.mask_parameters()])
-        return self.sparsity * scores.abs().mean()
+        if self.latency is None:
+            return self.sparsity * scores.abs().mean()
+        weights = torch.cat([w.reshape(-1) for w in self.latency.sparsity_weights()]).to(scores.device)
+        return self.sparsity * (weights * scores.abs()).mean()
+
+    def latency_loss(self) -> torch.Tensor:
+        """``latency_weight * max(0, E / target - 1)``: the masked network's expected latency ``E`` (from the table,
+        through the straight-through masks) pushed under the target; zero without a target."""
+        if self.latency is None or self.latency_target_ms is None:
+            return torch.zeros(())
+        return self.latency_weight * torch.relu(self.latency.expected_ms() / self.latency_target_ms - 1)
 
     # -- one step
     def training_step(self, batch, batch_idx):
@@ -115,13 +134,15 @@ class HMNASLightningModule(DartsLightningModule):
             loss = self._loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
             masking = self.masks_training()
             if masking:
-                loss = loss + self.sparsity_loss()
+                loss = loss + self.sparsity_loss() + self.latency_loss().to(loss.device)
             self._check_finite(loss, batch_idx, phase, "architecture loss")
             self.manual_backward(loss)
             arc_optim.step()
             self._check_arch_finite(batch_idx, phase)
             if masking:
                 self.hierarchy.apply()
+                if self.latency is not None:
+                    self.log("expected_latency_ms", self.latency.predicted_ms(), prog_bar=False)
 
         result = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
         w_loss = self._loss(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn as nn
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.spaces.catalogue import catalogue
@@ -23,6 +24,15 @@ def architecture_from_export(sample: dict[str, Any], supernet: nn.Module, strate
     name, args = space_identity(supernet)
     arch = Architecture(name, args, parts["op"], parts["input"], strategy, parts["cell"], parts["value"], input_shape)
     return Architecture.from_dict(arch.to_dict()).validate(cat)  # through the parser: the same checks as a file
+
+
+def export_sample(supernet: nn.Module) -> dict[str, Any]:
+    """HMNAS's export of ``supernet`` as its masks stand now (what its Lightning module's ``export()`` gives)."""
+    sample: dict[str, Any] = {}
+    for module in supernet.modules():
+        if isinstance(module, BaseSuperNetModule):
+            sample.update(module.export(sample))
+    return sample
 
 
 def architecture_from_nni(sample: dict[str, Any], space: nn.Module, strategy: str,

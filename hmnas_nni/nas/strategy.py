@@ -24,8 +24,10 @@ from nni.nas.nn.pytorch import Cell, InputChoice, ModelSpace
 from nni.nas.oneshot.pytorch.strategy import DARTS, _submodule_tree_map
 from nni.nas.space import ModelStatus, RawFormatModelSpace
 
+from .cost import LatencyModel, latency_model_for
 from .defaults import DEFAULTS
 from .derive import derive_network
+from .family import family_members
 from .hierarchy import Hierarchy
 from .lightning import HMNASLightningModule
 from .samples import architecture_from_export
@@ -62,6 +64,13 @@ class HMNAS(DARTS):
         an edge), ``"layer"`` (each ``LayerChoice`` is an edge with its own gate, for cells that sum their edges),
         ``"none"`` (chains), or ``"auto"``: the space's ``hmnas_edge_level`` attribute, else ``"input"`` when it has
         input choices outside cells, else ``"layer"``. NNI ``Cell``s always have both levels.
+    latency_table
+        A :class:`~hmnas_nni.format.latency_table.LatencyTable` (or the path of one) measured for this space: each
+        mask's sparsity term is then weighted by the latency its entry saves (mean weight 1, so ``sparsity`` keeps
+        its meaning), and ``list_models(limit=K)`` ranks the family by predicted latency.
+    latency_target_ms, latency_weight
+        With a table: the masked network's expected latency is pushed under ``latency_target_ms`` by the term
+        ``latency_weight * max(0, expected / target - 1)`` during the masking phase.
     """
 
     def __init__(self, *, arc_learning_rate: float = DEFAULTS.arc_learning_rate,
@@ -69,7 +78,9 @@ class HMNAS(DARTS):
                  arch_epochs: int = DEFAULTS.arch_epochs, tau: float = DEFAULTS.tau,
                  mask_init: float = DEFAULTS.mask_init, sparsity: float = DEFAULTS.sparsity,
                  settle_epochs: int = DEFAULTS.settle_epochs, edge_level: str = "auto",
-                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, **kwargs: Any) -> None:
+                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
+                 latency_table: Any = None, latency_target_ms: float | None = None, latency_weight: float = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
         if not tau > 0:
@@ -84,6 +95,15 @@ class HMNAS(DARTS):
                             ("settle_epochs", settle_epochs)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if latency_target_ms is not None and (latency_table is None or not latency_target_ms > 0):
+            raise ValueError(f"latency_target_ms={latency_target_ms!r} needs a latency_table and a value > 0 ms; "
+                             "measure a table with `hmnas latency`")
+        if not latency_weight >= 0:
+            raise ValueError(f"latency_weight must be >= 0, got {latency_weight!r}")
+        self.latency_table = latency_table
+        self.latency_target_ms = latency_target_ms
+        self.latency_weight = latency_weight
+        self.latency: LatencyModel | None = None
         self.mask_learning_rate = mask_learning_rate
         self.arch_epochs = arch_epochs
         self.tau = tau
@@ -124,6 +144,8 @@ class HMNAS(DARTS):
         self.hierarchy = Hierarchy.of(model)
         self.hierarchy.apply()
         self.hierarchy.watch(model)
+        if self.latency_table is not None:
+            self.latency = latency_model_for(model, self.hierarchy, self.latency_table, self.latency_target_ms)
         return model
 
     def run_hook(self, hook, name: str, module: nn.Module, memo: dict[str, Any]):
@@ -139,7 +161,8 @@ class HMNAS(DARTS):
             mask_learning_rate=self.mask_learning_rate, warmup_epochs=self.warmup_epochs,
             arch_epochs=self.arch_epochs, sparsity=self.sparsity, settle_epochs=self.settle_epochs,
             gradient_clip_val=self.gradient_clip_val,
-            log_prob_every_n_step=self.log_prob_every_n_step,
+            log_prob_every_n_step=self.log_prob_every_n_step, latency=self.latency,
+            latency_target_ms=self.latency_target_ms, latency_weight=self.latency_weight,
         )
 
     # -- export
@@ -149,14 +172,26 @@ class HMNAS(DARTS):
 
     def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
         """Yield the derived model: ``formatter='instance'`` gives the derived network with the supernet's
-        weights, ``formatter='dict'`` its multi-level architecture (``{label: kept entries}``)."""
+        weights, ``formatter='dict'`` its multi-level architecture (``{label: kept entries}``). With ``limit=K``
+        (NNI's ``export_top_models(top_k=K)``), the family of K nested networks from the scores thresholded at
+        increasing levels, the search's own first, ranked by predicted latency with a latency table (else by
+        entries kept); ``limit=None`` yields every distinct member."""
         self.oneshot_module.set_model(self.supernet)
-        sample = self.export_architecture()
-        model = RawFormatModelSpace(derive_network(self.supernet, architecture_from_export(sample, self.supernet)),
-                                    None)
-        model.sample = sample
-        model.status = ModelStatus.Frozen
-        yield model
+        if limit == 1:
+            samples = [self.export_architecture()]
+        else:
+            shape = self.latency_table_input_shape()
+            samples = [m.sample for m in family_members(self.supernet, self.hierarchy, limit, self.latency, shape)]
+        for sample in samples:
+            model = RawFormatModelSpace(derive_network(self.supernet, architecture_from_export(sample, self.supernet)),
+                                        None)
+            model.sample = sample
+            model.status = ModelStatus.Frozen
+            yield model
+
+    def latency_table_input_shape(self) -> list[int] | None:
+        """The input shape (C, H, W) of the latency table, if there is one."""
+        return None if self.latency is None else list(self.latency.input_shape)
 
 
 def _outside_cells(model: nn.Module) -> Iterator[nn.Module]:

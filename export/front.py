@@ -1,0 +1,233 @@
+"""Accuracy against measured latency: HM-NAS's family from one search beside NNI's Proxyless (its latency penalty
+read from the same table) and DARTS, on the same space, data split, evaluator and seeds.
+
+    python -m hmnas_nni.export.front --out runs/front [--dataset fashion-mnist --subset 4000 --epochs 6]
+
+Each search trains through NNI's ``NasExperiment`` with one ``Classification`` evaluator; every derived network
+(HM-NAS: the K members of its family; NNI's strategies: their exported architecture) keeps the supernet's
+weights and is scored on the search's validation half (the test set is never seen) and timed in ONNX Runtime
+on the table's runtime (HM-NAS's members in one set of rounds, the NNI networks of a seed in another).
+Writes ``front.json`` and ``front.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from hmnas_nni.spaces import build_space
+from nni.mutable import Categorical
+from nni.mutable.symbol import SymbolicExpression
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.experiment import NasExperiment
+from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
+from nni.nas.profiler import ExpressionProfiler
+
+from hmnas_nni.format.files import write_atomic, write_json
+from hmnas_nni.format.latency_table import LatencyTable
+from hmnas_nni.nas.cost import LatencyModel
+from hmnas_nni.nas.rebuild import derived_of
+from hmnas_nni.nas.samples import architecture_of
+from hmnas_nni.nas.strategy import HMNAS
+from hmnas_nni.search.data import load_dataset, search_splits
+from hmnas_nni.search.evaluation import accuracy, count_parameters
+
+from .family import family
+from .latency import Runtime, Timer, runtime_of, table_for_space
+
+_logger = logging.getLogger(__name__)
+STRATEGIES = ("hmnas", "proxyless", "darts")
+
+
+class TableProfiler(ExpressionProfiler):
+    """NNI's expression profiler with a latency table's costs: ``base + scale * sum over LayerChoices of the chosen
+    op's cost`` (each op's cost summed over every place its label is used), so NNI's latency penalties can read
+    the same measurements HM-NAS does."""
+
+    def __init__(self, model_space: nn.Module, table: LatencyTable) -> None:
+        super().__init__(model_space)
+        supernet = copy.deepcopy(model_space)
+        strategy = HMNAS(edge_level="none")
+        strategy.mutate_model(supernet)
+        model = LatencyModel.of(supernet, strategy.hierarchy, table)
+        names = {id(m): name for name, m in strategy.hierarchy.masks.items()}
+        per_op: dict[str, dict[str, float]] = {}
+        for item, cost in zip(model.items, model.costs.tolist()):
+            gate = item.gates[-1]
+            name = names.get(id(gate.owner), "")
+            if item.kind != "op" or not name.startswith("ops:"):
+                raise TypeError(f"TableProfiler expresses LayerChoice costs only; {item.key} is a {item.kind} under "
+                                f"{name or 'a cell'}")
+            ops = per_op.setdefault(name[len("ops:"):], {})
+            ops[item.entry] = ops.get(item.entry, 0.0) + cost
+        choices = {label: m for label, m in model_space.simplify().items() if isinstance(m, Categorical)}
+        self.expression = model.base_ms + sum(
+            SymbolicExpression.switch_case(choices[label], costs) for label, costs in per_op.items())
+
+
+def latency_penalty(space: nn.Module, table: LatencyTable, baseline_ms: float,
+                    scale: float = 1.0) -> ExpectationProfilerPenalty:
+    """NNI's expectation penalty ``scale * max(0, E[latency] / baseline - 1)`` on the table's costs (what NNI's
+    differentiable strategies take as ``penalty=``)."""
+    return ExpectationProfilerPenalty(TableProfiler(space, table), baseline_ms, scale, nonlinear="positive")
+
+
+def _strategy(name: str, space: nn.Module, table: LatencyTable, target_ms: float, epochs: int) -> Any:
+    from nni.nas.oneshot.pytorch.strategy import DARTS, Proxyless
+
+    warmup = max(1, epochs // 4)
+    if name == "hmnas":
+        return HMNAS(warmup_epochs=warmup, arch_epochs=max(1, epochs // 4), latency_table=table,
+                     latency_target_ms=target_ms)
+    if name == "proxyless":
+        return Proxyless(warmup_epochs=warmup, penalty=latency_penalty(space, table, target_ms))
+    return DARTS(warmup_epochs=warmup)
+
+
+def _search(name: str, data: list[Any], space_args: dict[str, Any], table: LatencyTable, target_ms: float,
+            epochs: int, batch_size: int, seed: int, workdir: Path) -> tuple[NasExperiment, Any, float]:
+    torch.manual_seed(seed)
+    space = build_space("nb201", **space_args)
+    evaluator = Classification(train_dataloaders=DataLoader(data[0], batch_size=batch_size, shuffle=True),
+                               val_dataloaders=DataLoader(data[1], batch_size=batch_size), max_epochs=epochs,
+                               num_classes=10, learning_rate=3e-3, weight_decay=3e-4, enable_progress_bar=False,
+                               logger=False, enable_checkpointing=False)
+    experiment = NasExperiment(space, evaluator, _strategy(name, space, table, target_ms, epochs))
+    experiment.config.experiment_working_directory = str(workdir)
+    t0 = time.perf_counter()
+    experiment.run()
+    return experiment, experiment.strategy, time.perf_counter() - t0
+
+
+def _nni_point(experiment: NasExperiment, name: str, table: LatencyTable, val: Any, timer: Timer) -> dict[str, Any]:
+    """The derived network of an NNI strategy: its sample as an architecture, with the supernet's weights."""
+    supernet = experiment.strategy.supernet
+    sample = experiment.export_top_models(formatter="dict")[0]
+    arch = architecture_of(sample, supernet, name, list(table.input_shape))
+    net = derived_of(supernet, arch).eval()
+    return {"architecture": arch.to_dict(), "val_acc": accuracy(net, val), "params": count_parameters(net),
+            "ops_kept": arch.ops_kept(), "graph": timer.graph(net, (table.batch, *table.input_shape), name,
+                                                              fresh=True)}
+
+
+def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 4000, epochs: int = 6,
+              seeds: tuple[int, ...] = (0, 1, 2), space_args: dict[str, Any] | None = None, family_k: int = 5,
+              target_fraction: float = 0.5, batch_size: int = 64, runtime: Runtime | None = None,
+              log: Any = print) -> dict[str, Any]:
+    """Search nb201 with HM-NAS (latency target), Proxyless (penalty at the same target) and DARTS for each seed;
+    measure every derived network; write ``front.json`` and ``front.png``."""
+    out = Path(out)
+    train, _, info = load_dataset(dataset)
+    shape = list(train.tensors[0].shape[1:])
+    space_args = {"channels": 8, "in_channels": shape[0], "input_size": shape[1], **(space_args or {})}
+    table = table_for_space("nb201", space_args, shape, out / "latency_table.json", runtime=runtime)
+    model_space = build_space("nb201", **space_args)
+    bounds = _bounds(model_space, table)
+    target_ms = bounds["smallest_ms"] + target_fraction * (bounds["full_ms"] - bounds["smallest_ms"])
+    log(f"table: whole supernet {bounds['full_ms']:.3f} ms, smallest {bounds['smallest_ms']:.3f} ms predicted; "
+        f"target {target_ms:.3f} ms")
+    runs = []
+    for seed in seeds:
+        data = search_splits(train, subset, seed)
+        timer = Timer(runtime_of(table))
+        points = []
+        for name in STRATEGIES:
+            experiment, strategy, seconds = _search(name, data, space_args, table, target_ms, epochs, batch_size,
+                                                    seed, out / "experiments")
+            try:
+                if name == "hmnas":
+                    rows = family(strategy.supernet, strategy.hierarchy, family_k, table=table, val_data=data[1],
+                                  timer=timer, out=out / f"seed{seed}" / "family")
+                    points += [{"strategy": name, "member": r["rank"], "val_acc": r["val_acc"], "params": r["params"],
+                                "measured_ms": r["measured_ms"], "predicted_ms": r["predicted_ms"],
+                                "ops_kept": r["ops_kept"], "search_seconds": seconds} for r in rows]
+                else:
+                    points.append({"strategy": name, "search_seconds": seconds,
+                                   **_nni_point(experiment, name, table, data[1], timer)})
+            finally:
+                experiment.stop()
+            log(f"seed {seed} {name}: searched in {seconds:.0f} s")
+        timer.time_all()
+        for p in points:
+            if "graph" in p:
+                p["measured_ms"] = timer.ms(p.pop("graph"))
+        for p in points:
+            log(f"  seed {seed} {p['strategy']}{'' if 'member' not in p else ' member ' + str(p['member'])}: "
+                f"val acc {p['val_acc']:.4f}, {p['measured_ms']:.4f} ms measured, {p['params']} params")
+        runs.append({"seed": seed, "points": points})
+    report = {"space": "nb201", "space_args": space_args, "dataset": info.name, "subset": subset, "epochs": epochs,
+              "seeds": list(seeds), "target_ms": target_ms, "bounds": bounds, "runtime": table.runtime,
+              "device": table.device, "accuracy": "validation half of the search split, inherited weights",
+              "runs": runs}
+    write_json(out / "front.json", report)
+    write_atomic(out / "front.png", plot_front(report))
+    return report
+
+
+def _bounds(space: nn.Module, table: LatencyTable) -> dict[str, float]:
+    """Predicted latency of the whole supernet and of its cheapest network."""
+    supernet = copy.deepcopy(space)
+    strategy = HMNAS()
+    strategy.mutate_model(supernet)
+    supernet.train()
+    supernet(torch.randn(2, *table.input_shape)).sum().backward()
+    model = LatencyModel.of(supernet, strategy.hierarchy, table)
+    return {"full_ms": model.predicted_ms(), "smallest_ms": model.smallest_ms()}
+
+
+def plot_front(report: dict[str, Any]) -> bytes:
+    """Validation accuracy against measured latency: HM-NAS's families (lines), NNI's strategies (points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"hmnas": "tab:blue", "proxyless": "tab:orange", "darts": "tab:green"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in report["runs"]:
+        for name in STRATEGIES:
+            pts = [p for p in run["points"] if p["strategy"] == name]
+            ax.plot([p["measured_ms"] for p in pts], [p["val_acc"] for p in pts], "o-" if name == "hmnas" else "s",
+                    color=colours[name], alpha=0.8, label=name if run is report["runs"][0] else None)
+    ax.axvline(report["target_ms"], color="grey", ls="--", lw=1, label="latency target (predicted)")
+    ax.set_xlabel(f"measured latency, ms (ORT {report['runtime']['provider']}, {report['runtime']['threads']} "
+                  "thread, batch 1)")
+    ax.set_ylabel("validation accuracy, inherited weights")
+    ax.set_title(f"nb201 on {report['dataset']}: {len(report['runs'])} seeds, {report['epochs']} epochs", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--subset", type=int, default=4000)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--family", type=int, default=5)
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), family_k=args.family,
+              runtime=Runtime("cpu", args.threads, args.exporter))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
