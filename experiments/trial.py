@@ -19,6 +19,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from hmnas_nni.export.hardware import HardwareExtras
+
 from hmnas_nni.format.errors import UsageError
 from hmnas_nni.search.config import SearchConfig, coerce, field_types
 from hmnas_nni.search.monitor import PHASES, phase_code
@@ -165,7 +167,7 @@ def run_trial(config: SearchConfig, log: Callable[[str], None] = print) -> dict[
         log(describe(metrics))
         report("intermediate", nni_metric(metrics))
 
-    result: SearchResult = run_search(config, on_epoch_end=on_epoch_end)
+    result: SearchResult = run_search(config, on_epoch_end=on_epoch_end, extras=HardwareExtras())
     final_metric = nni_metric(result.final, final=True)
     report("final", final_metric)
     return final_metric

@@ -21,7 +21,7 @@ from hmnas_nni.nas.family import family_members
 from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.search.evaluation import accuracy, count_parameters
 
-from .latency import Timer, runtime_of
+from .latency import Runtime, Timer, runtime_of
 
 
 def flops(net: nn.Module, input_shape: list[int] | tuple[int, ...]) -> int:
@@ -37,13 +37,16 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
            timer: Timer | None = None, out: str | Path | None = None) -> list[dict[str, Any]]:
     """``k`` nested networks of a searched supernet, the search's own first, in order of predicted latency (with a
     table; else of entries kept), each with its architecture, predicted and (``measure``, on the table's runtime,
-    which must be this machine's) measured milliseconds, parameters, FLOPs and, given ``val_data``, accuracy
-    with inherited weights. With ``out``, the family is written there (:func:`write_family`)."""
+    which must be this machine's, else ONNX Runtime's CPU provider at batch 1) measured milliseconds, parameters,
+    FLOPs and, given ``val_data``, accuracy with inherited weights. With ``out``, the family is written there
+    (:func:`write_family`)."""
     shape = list(table.input_shape) if table is not None else input_shape
     if shape is None:
         raise ValueError("family: pass a latency table or the input_shape (C, H, W) the networks take")
     cost = LatencyModel.of(supernet, hierarchy, table) if table is not None else None
-    timer = timer or (Timer(runtime_of(table)) if table is not None and measure else None)
+    if measure and timer is None:
+        timer = Timer(runtime_of(table) if table is not None else Runtime())
+    batch = table.batch if table is not None else 1
     rows, graphs = [], []
     for rank, member in enumerate(family_members(supernet, hierarchy, k, cost, shape)):
         net = derive_network(supernet, member.architecture).eval()
@@ -53,7 +56,7 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
                      "entries_kept": member.size(), "kept": member.kept,
                      "val_acc": accuracy(net, val_data) if val_data else None})
         if timer is not None:
-            graphs.append(timer.graph(net, (table.batch, *shape), f"family member {rank}", fresh=True))
+            graphs.append(timer.graph(net, (batch, *shape), f"family member {rank}", fresh=True))
     if timer is not None:
         timer.time_all()
         for row, graph in zip(rows, graphs):

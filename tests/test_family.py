@@ -121,3 +121,29 @@ def test_a_latency_target_pushes_the_expected_latency_under_it(searched, tmp_pat
         assert not missed["met"] and missed["missed_by_ms"] > 0 and "latency target missed" in caplog.text
     finally:
         experiment.stop()
+
+
+def test_hmnas_search_with_a_latency_target_writes_the_measured_family(tmp_path, one_thread, capsys):
+    """``hmnas latency`` then ``hmnas search --latency-table --latency-target --family 3``, as a user runs them."""
+    import json
+
+    from hmnas_nni.cli.main import main
+
+    table = tmp_path / "table.json"
+    space = ["--space", "nb201", "--space-args", '{"channels": 4}']
+    assert main(["latency", *space, "--exporter", "torchscript", "--repeats", "3", "--out", str(table)]) == 0
+    out = tmp_path / "run"
+    assert main(["search", *space, "--subset", "256", "--epochs", "3", "--batch-size", "32", "--no-progress",
+                 "--latency-table", str(table), "--latency-target", "1000", "--family", "3", "--out", str(out)]) == 0
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert final["latency"]["met"] and final["latency"]["measured_ms"] > 0 and final["predicted_ms"] > 0
+    members = json.loads((out / "family" / "family.json").read_text())["members"]
+    assert 2 <= len(members) <= 3 and final["family"] == [{k: m[k] for k in final["family"][0]} for m in members]
+    for bigger, smaller in zip(members, members[1:]):
+        assert all(set(smaller["kept"][k]) <= set(bigger["kept"][k]) for k in bigger["kept"])  # nested
+        assert smaller["predicted_ms"] <= bigger["predicted_ms"]  # ordered by latency
+    assert all(m["measured_ms"] > 0 and (out / "family" / m["arch"]).is_file() for m in members)  # measured
+    assert Architecture.load(out / "family" / "member_0" / "arch.json").to_dict() == \
+        Architecture.load(out / "arch.json").to_dict()  # the search's own network leads the family
+    assert main(["search", *space, "--strategy", "darts", "--family", "2", "--out", str(tmp_path / "d")]) == 2
+    assert "HM-NAS option(s)" in capsys.readouterr().err

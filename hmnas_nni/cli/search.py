@@ -15,6 +15,8 @@ from .options import add_config_options, given_values
 #: Final metrics printed when a search ends.
 SHOWN = ("supernet_val_acc", "derived_val_acc", "derivation_gap", "ops_kept", "edges_kept", "params",
          "epoch_seconds", "peak_memory_mb")
+#: What a hardware-aware search adds to them.
+HARDWARE = ("predicted_ms", "latency", "family")
 
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,15 +43,18 @@ def config_from_values(given: dict[str, Any]) -> SearchConfig:
 
 def run_search_command(args: argparse.Namespace) -> int:
     """Run the search; print its final metrics (rank 0)."""
+    from hmnas_nni.export.hardware import HardwareExtras
     from hmnas_nni.search.run import run_search
 
     config = config_from_values(given_values(args))
     args.out_folder = config.out
-    result = run_search(config)
+    result = run_search(config, extras=HardwareExtras())
     if result.final.get("global_rank", 0) != 0:
         return 0  # DDP ranks > 0: rank 0 reports
-    print(json.dumps({k: result.final[k] for k in SHOWN}, indent=2))
-    print(f"wrote {Path(config.out) / 'arch.json'}, metrics.json, supernet.safetensors, cells.png")
+    print(json.dumps({k: result.final[k] for k in (*SHOWN, *HARDWARE) if k in result.final}, indent=2))
+    measured_here = config.latency_table == str(Path(config.out) / "latency_table.json")  # set by run_search
+    extra = ", latency_table.json" * measured_here + ", family/" * (config.family is not None)
+    print(f"wrote {Path(config.out) / 'arch.json'}, metrics.json, supernet.safetensors, cells.png{extra}")
     return 0
 
 

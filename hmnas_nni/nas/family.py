@@ -49,7 +49,7 @@ def member_state(hierarchy: Hierarchy, member: FamilyMember) -> contextlib.Abstr
 
 def _next_level(hierarchy: Hierarchy, kept: dict[str, list[int]], level: float | None) -> float | None:
     """Just above the lowest score that is kept on its own merit (not forced by the rules), or ``None``."""
-    scores = [float(hierarchy.masks[name].scores[i]) for name, idx in kept.items() for i in idx]
+    scores = [float(hierarchy.masks[name].scores.detach()[i]) for name, idx in kept.items() for i in idx]
     floor = level if level is not None else min(m.tau for m in hierarchy.all_masks())
     above = [s for s in scores if s >= floor and math.isfinite(s)]
     return float(np.nextafter(min(above), math.inf)) if above else None

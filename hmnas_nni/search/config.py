@@ -77,6 +77,14 @@ class SearchConfig:
     mask_lr: float = option(DEFAULTS.mask_learning_rate, "HM-NAS mask score learning rate")
     sparsity: float = option(DEFAULTS.sparsity, "HM-NAS sparsity weight lambda")
     settle_epochs: int = option(DEFAULTS.settle_epochs, "HM-NAS: last masking epochs with the masks fixed")
+    # hardware-aware HM-NAS
+    latency_table: str | None = option(None, "HM-NAS: latency table JSON (from `hmnas latency`); each mask's "
+                                             "sparsity is weighted by the latency its entry saves")
+    latency_target: float | None = option(None, "HM-NAS: push the expected latency under MS milliseconds and "
+                                                "check the derived network against it (measures a table into "
+                                                "--out when --latency-table is not given)")
+    latency_weight: float = option(1.0, "HM-NAS: weight of the latency-target term")
+    family: int | None = option(None, "HM-NAS: also write K nested networks ranked by latency to --out/family/")
     # where to run
     accelerator: str = option("auto", "Lightning accelerator", choices=ACCELERATORS)
     devices: int = option(1, "devices (processes under --distributed ddp)")
@@ -98,6 +106,7 @@ class SearchConfig:
         _check_counts(self)
         _check_numbers(self)
         _check_where(self)
+        _check_hardware(self)
         return self
 
     @classmethod
@@ -169,6 +178,24 @@ def _check_numbers(c: SearchConfig) -> None:
     if _finite(c, "mask_init", 0.0, True, f"the default is {DEFAULTS.mask_init}") < tau:
         raise UsageError(f"mask_init ({c.mask_init}) must be >= tau ({c.tau}) so every op starts on")
     _finite(c, "sparsity", 0.0, False, f"it weighs the sparsity term (default {DEFAULTS.sparsity})")
+
+
+def _check_hardware(c: SearchConfig) -> None:
+    asked = [n for n in ("latency_table", "latency_target", "family") if getattr(c, n) is not None]
+    if asked and c.strategy != "hmnas":
+        raise UsageError(f"{', '.join('--' + n.replace('_', '-') for n in asked)}: HM-NAS option(s), not "
+                         f"--strategy {c.strategy}'s; drop them or pass --strategy hmnas")
+    if c.latency_target is not None:
+        _finite(c, "latency_target", 0.0, True, "it is the latency budget in milliseconds")
+    _finite(c, "latency_weight", 0.0, False, "it weighs the latency-target term (default 1)")
+    if c.family is not None and (not _is_int(c.family) or c.family < 1):
+        raise UsageError(f"family must be an integer >= 1 (networks), got {c.family!r}")
+    if c.latency_table is not None:
+        import os
+
+        if not isinstance(c.latency_table, str) or not os.path.isfile(c.latency_table):
+            raise UsageError(f"latency_table {c.latency_table!r} is not a file; measure one with `hmnas latency "
+                             "--space SPACE --out FILE`, or leave it out with --latency-target to measure one here")
 
 
 def _check_where(c: SearchConfig) -> None:

@@ -17,6 +17,7 @@ See ``docs/reliability.md`` for faults, resume, DDP and remote trials.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -33,7 +34,7 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
 from hmnas_nni.format.architecture import Architecture
-from hmnas_nni.format.errors import interruption_in
+from hmnas_nni.format.errors import UsageError, interruption_in
 from hmnas_nni.format.files import write_atomic
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.format.weights import SUPERNET_FORMAT
@@ -60,12 +61,24 @@ class SearchResult:
     final: dict[str, Any]
 
 
+class SearchExtras(Protocol):
+    """What the layers above add to a search without it importing them (the export layer's latency work)."""
+
+    def latency_table(self, space: torch.nn.Module, input_shape: list[int], path: Path) -> None:
+        """Measure the latency table of ``space`` (not yet a supernet) for inputs of ``input_shape`` into ``path``."""
+
+    def finish(self, result: SearchResult, config: SearchConfig, inputs: SearchInputs,
+               staging: Path) -> dict[str, Any]:
+        """Write more results into ``staging`` (committed with the rest); metrics to add to the final ones."""
+
+
 @dataclass
 class _Run:
     """The pieces of one search that its failure handler and its end need."""
 
     config: SearchConfig
     inputs: SearchInputs
+    extras: SearchExtras | None
     monitor: SearchMonitor
     checkpoint: EpochCheckpoint
     stopper: GracefulStop
@@ -85,15 +98,21 @@ def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
-def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None = None) -> SearchResult:
+def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None = None,
+               extras: SearchExtras | None = None) -> SearchResult:
     """Run one search as configured; return its result (the final metrics are also in ``out/metrics.json``).
 
+    ``extras`` (``hmnas_nni.export.hardware.HardwareExtras()`` for a latency target without a table, or a family)
+    measures the latency table first and writes the family and the target check with the results.
     With ``config.resume`` the search continues from that folder's ``checkpoints/last.ckpt`` (checked
     against this config before any data is loaded). A :class:`NumericalFault` or a SIGTERM/SIGINT
     (:class:`SearchInterrupted`) propagates after ``metrics.json`` records it; the checkpoints stay.
     Under ``distributed="ddp"`` every rank runs this function; only rank 0 claims the folder and writes results.
     """
     config.validate()
+    if extras is None and _needs_extras(config):
+        raise UsageError("--latency-target and --family need latency measurements: run them through `hmnas search`, "
+                         "or pass extras=hmnas_nni.export.hardware.HardwareExtras() to run_search")
     resume_from, saved_epoch = None, None
     if config.resume is not None:
         resume_from, _saved, done = check_resumable(asdict(config), config.resume)
@@ -104,7 +123,8 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     with _claim(config) as folder:
         if folder is not None:
             folder.clear_previous()
-        run = _prepare(config, inputs, on_epoch_end, resume_from, saved_epoch)
+            _measure_latency_table(config, inputs, extras)
+        run = _prepare(config, inputs, extras, on_epoch_end, resume_from, saved_epoch)
         try:
             seconds = _fit(run)
             return _finish(run, folder, seconds)
@@ -124,8 +144,26 @@ def _claim(config: SearchConfig) -> contextlib.AbstractContextManager[OutputFold
     return OutputFolder(config.out, "hmnas search", force=config.force, resume=same)
 
 
-def _prepare(config: SearchConfig, inputs: SearchInputs, on_epoch_end: Callable[[dict], None] | None,
-             resume_from: Path | None, saved_epoch: int | None) -> _Run:
+def _needs_extras(config: SearchConfig) -> bool:
+    """Whether the config asks for work only the export layer does (measuring latency)."""
+    return config.family is not None or config.latency_target is not None
+
+
+def _measure_latency_table(config: SearchConfig, inputs: SearchInputs, extras: SearchExtras | None) -> None:
+    """A latency target without a table: measure one for this space into ``out/latency_table.json`` (kept there, so
+    ``--resume`` and later searches read it back)."""
+    if config.latency_target is None or config.latency_table is not None:
+        return
+    if config.distributed == "ddp":
+        raise UsageError("--latency-target under --distributed ddp needs a table measured first: run `hmnas latency "
+                         "--space SPACE --out FILE` and pass --latency-table FILE")
+    path = Path(config.out) / "latency_table.json"
+    extras.latency_table(copy.deepcopy(inputs.space), list(inputs.space.hmnas_input_shape), path)
+    config.latency_table = str(path)
+
+
+def _prepare(config: SearchConfig, inputs: SearchInputs, extras: SearchExtras | None,
+             on_epoch_end: Callable[[dict], None] | None, resume_from: Path | None, saved_epoch: int | None) -> _Run:
     """Evaluator, callbacks, strategy and NasExperiment of one search."""
     out = Path(config.out)
     monitor = SearchMonitor(config, inputs.space, inputs.val, on_epoch_end)
@@ -141,7 +179,7 @@ def _prepare(config: SearchConfig, inputs: SearchInputs, on_epoch_end: Callable[
     experiment = NasExperiment(inputs.space, evaluator, strategy)
     rank_dir = "nni" if is_global_zero() else f"nni-rank{os.environ.get('RANK', os.environ.get('LOCAL_RANK'))}"
     experiment.config.experiment_working_directory = str((out / rank_dir).resolve())
-    return _Run(config, inputs, monitor, checkpoint, stopper, strategy, experiment)
+    return _Run(config, inputs, extras, monitor, checkpoint, stopper, strategy, experiment)
 
 
 def _evaluator(config: SearchConfig, inputs: SearchInputs, samplers: list[EpochSampler],
@@ -217,6 +255,8 @@ def _finish(run: _Run, folder: OutputFolder | None, seconds: float) -> SearchRes
     write_atomic(folder.staged("arch.json"), result.architecture.to_json() + "\n")
     _save_supernet(run.strategy.supernet, folder.staged("supernet.safetensors"))
     _draw(result.architecture, folder.staged("cells.png"), run.inputs.space)
+    if run.extras is not None and _needs_extras(run.config):
+        final.update(run.extras.finish(result, run.config, run.inputs, folder.staging))
     write_metrics(folder.staging, run.config, run.inputs.space, history, status="finished", final=final)
     folder.commit("metrics.json")
     return result

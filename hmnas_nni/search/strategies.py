@@ -20,6 +20,9 @@ class StrategyKnobs(Protocol):
     mask_init: float
     sparsity: float
     settle_epochs: int
+    latency_table: str | None
+    latency_target: float | None
+    latency_weight: float
 
     def schedule(self) -> tuple[int, int]: ...
 
@@ -30,7 +33,8 @@ def _hmnas(knobs: StrategyKnobs) -> Any:
     warmup, arch = knobs.schedule()
     return HMNAS(arc_learning_rate=knobs.arc_lr, mask_learning_rate=knobs.mask_lr, warmup_epochs=warmup,
                  arch_epochs=arch, tau=knobs.tau, mask_init=knobs.mask_init, sparsity=knobs.sparsity,
-                 settle_epochs=knobs.settle_epochs)
+                 settle_epochs=knobs.settle_epochs, latency_table=knobs.latency_table,
+                 latency_target_ms=knobs.latency_target, latency_weight=knobs.latency_weight)
 
 
 def _nni(name: str) -> Callable[[StrategyKnobs], Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 from nni.mutable import Mutable
 from nni.nas.nn.pytorch import Repeat
@@ -43,7 +44,7 @@ class HMNASMixedRepeat(Repeat, BaseSuperNetModule):
         return dict(traverse_all_options(self.depth_choice, weights=weights))
 
     def chosen_depth(self) -> int:
-        return max(d for d, w in self._depth_weights().items() if float(w) > 0.5)
+        return max(d for d, w in self._depth_weights().items() if float(torch.as_tensor(w).detach()) > 0.5)
 
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         return {}
