@@ -27,7 +27,8 @@ from hmnas_nni.format.errors import CheckFailed, Interrupted, UsageError
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.outputs import OutputFolder
 
-from .hmnas_timm import HmnasNet, load_weights, resolve_architecture
+from .derived_model import derived_model
+from .hmnas_timm import load_weights, resolve_architecture
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_onnx, metadata_of, ort_session, refuse_supernet
 
 DEFAULT_BATCHES = (1, 8, 64, 256)
@@ -215,7 +216,7 @@ def bench(arch_path: str | Path, out: str | Path, weights: str | Path | None = N
     check_settings(batch_sizes, warmup, iters, min_seconds, threads)
     arch, extras = resolve_architecture(arch_path)
     backends, skipped = _backends(backends, quick)
-    model = HmnasNet(arch.to_dict() | extras).eval()
+    model = derived_model(arch.to_dict() | extras).eval()
     if weights is not None:
         refuse_supernet(weights, arch_path)
         load_weights(model, weights)
@@ -252,7 +253,8 @@ def _backends(backends: list[str] | None, quick: bool) -> tuple[list[str], dict[
     return backends, skipped
 
 
-def check_onnx(onnx_path: str | Path, model: HmnasNet, arch_path: Any, weights: Any, backends: list[str]) -> None:
+def check_onnx(onnx_path: str | Path, model: torch.nn.Module, arch_path: Any, weights: Any,
+               backends: list[str]) -> None:
     """Refuse an ONNX file that is not the derived network of ``arch_path`` (with ``weights``) it is to time."""
     if weights is None and any(b.startswith("torch-") for b in backends):
         raise BenchError("--onnx needs --weights too, so PyTorch runs the weights the ONNX file holds; "
@@ -283,7 +285,7 @@ def _sha(path: str | Path) -> str:
     return sha256(path)
 
 
-def _bench(model: HmnasNet, arch: Any, arch_path: str | Path, folder: OutputFolder, weights: str | Path | None,
+def _bench(model: torch.nn.Module, arch: Any, arch_path: str | Path, folder: OutputFolder, weights: str | Path | None,
            onnx_path: str | Path | None, batch_sizes: list[int], backends: list[str],
            timing: tuple[int, int, float], threads: int | None, quick: bool, seed: int,
            skipped: dict[str, str]) -> dict[str, Any]:
@@ -322,7 +324,7 @@ def _bench(model: HmnasNet, arch: Any, arch_path: str | Path, folder: OutputFold
     return doc
 
 
-def _run_all(model: HmnasNet, onnx_file: Path | None, base: torch.Tensor, backends: list[str],
+def _run_all(model: torch.nn.Module, onnx_file: Path | None, base: torch.Tensor, backends: list[str],
              batch_sizes: list[int], warmup: int, iters: int, min_seconds: float, threads: int | None,
              first_run: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Every backend at every batch size; a failing backend is recorded with its error and skipped."""

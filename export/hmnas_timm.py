@@ -69,10 +69,11 @@ def _extras(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _data_config(arch: Architecture, extras: dict[str, Any]) -> dict[str, Any]:
-    """Input size, mean and std for an architecture: from its ``dataset`` block, else neutral 0.5 / 0.5."""
+    """Input size (the recorded input shape, else the space's arguments), mean and std (the ``dataset`` block,
+    else neutral 0.5 / 0.5) of an architecture."""
     a = arch.space_args
-    c = int(a.get("in_channels", 3))
-    size = int(a.get("input_size", 32))
+    c = int(a.get("in_channels", arch.input_shape[0] if arch.input_shape else 3))
+    size = int(a.get("input_size", arch.input_shape[-1] if arch.input_shape else 32))
     ds = extras.get("dataset", {})
     mean = tuple(float(v) for v in ds.get("mean", (0.5,) * c))
     std = tuple(float(v) for v in ds.get("std", (0.5,) * c))
@@ -138,8 +139,9 @@ class HmnasNet(nn.Module):
             raise TypeError(f"HmnasNet got unexpected argument(s) {sorted(kwargs)}")
         self.arch, extras = resolve_architecture(arch)
         args = dict(self.arch.space_args)
-        if in_chans is not None:
-            args["in_channels"] = int(in_chans)
+        if in_chans is not None and ("in_channels" in args or int(in_chans) != _data_config(self.arch, extras)[
+                "input_size"][0]):
+            args["in_channels"] = int(in_chans)  # a space without the argument refuses it, naming it
         if body is None:
             body = build_body(self.arch, args)
         self._layout = body_layout(body)

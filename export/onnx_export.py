@@ -25,7 +25,8 @@ from hmnas_nni.format.files import atomic_path, sha256, write_json
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.format.weights import SUPERNET_FORMAT
 
-from .hmnas_timm import HmnasNet, load_weights, resolve_architecture
+from .derived_model import derived_model
+from .hmnas_timm import load_weights, resolve_architecture
 
 DEFAULT_OPSET = 21
 #: The oldest opset torch's exporter writes (it silently writes 18 for anything older).
@@ -249,7 +250,7 @@ def export_checked(arch_path: str | Path, weights: str | Path, out: str | Path, 
             raise ExportError(f"--{name} must be an integer >= {low}, got {value!r}")
     refuse_supernet(weights, arch_path)
     arch, extras = resolve_architecture(arch_path)
-    model = HmnasNet(arch.to_dict() | extras)
+    model = derived_model(arch.to_dict() | extras)
     load_weights(model, weights)  # one-line errors: missing, truncated, non-finite, another architecture
     model.eval()
     dataset = dataset or extras.get("dataset", {}).get("name")
@@ -282,7 +283,7 @@ def export_checked(arch_path: str | Path, weights: str | Path, out: str | Path, 
     return report
 
 
-def _parity_inputs(model: HmnasNet, dataset: str | None, data_root: str | None, real_images: int,
+def _parity_inputs(model: torch.nn.Module, dataset: str | None, data_root: str | None, real_images: int,
                    random_images: int, seed: int) -> tuple[dict[str, torch.Tensor], str]:
     """The random (and, with a dataset, real) images parity is measured on, and a note on where they came from."""
     c, h, w = model.pretrained_cfg["input_size"]
@@ -297,13 +298,13 @@ def _parity_inputs(model: HmnasNet, dataset: str | None, data_root: str | None, 
     return inputs, real_note
 
 
-def _export_variant(model: HmnasNet, arch: Any, extras: dict[str, Any], path: Path, half: bool, opset: int,
+def _export_variant(model: torch.nn.Module, arch: Any, extras: dict[str, Any], path: Path, half: bool, opset: int,
                     meta: dict[str, str], inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Export one precision to ``path``, check it, measure its parity; its entry in ``parity.json``."""
     t0 = time.time()
     net = model
     if half:
-        net = HmnasNet(arch.to_dict() | extras)
+        net = derived_model(arch.to_dict() | extras)
         net.load_state_dict(model.state_dict())
         net = net.half().eval()
     export_onnx(net, path, tuple(model.pretrained_cfg["input_size"]), opset=opset, half=half,

@@ -27,6 +27,7 @@ from hmnas_nni.format.files import sha256, write_json
 from hmnas_nni.format.outputs import OutputFolder, verify_results
 from hmnas_nni.format.weights import check_weights
 
+from .derived_model import derived_model, is_timm_model
 from .hmnas_timm import HmnasNet, resolve_architecture, save_weights
 
 OUTPUTS = ("model.safetensors", "metrics.json", "arch.json", "config.json")
@@ -185,7 +186,7 @@ def retrain(
             arch_doc["input_shape"] = [arch.input_shape[0], info.input_size, info.input_size]
     body, inherited = _inherit(arch, arch_path, from_supernet) if from_supernet is not None else (None, None)
     torch.manual_seed(seed)
-    model = HmnasNet(arch_doc, num_classes=info.num_classes, body=body).to(dev)
+    model = derived_model(arch_doc, num_classes=info.num_classes, body=body).to(dev)
     with OutputFolder(out, "hmnas retrain", force=force) as folder:
         if inherited is not None:
             inherited["test_accuracy_before_finetune"] = _evaluate(model, test, dev, batch_size)[0]
@@ -200,7 +201,11 @@ def retrain(
         write_json(folder.staged("arch.json"), arch_doc)
         save_weights(model, folder.staged("model.safetensors"),
                      extra={"dataset": info.name, "test_accuracy": f"{test_acc:.6f}"})
-        write_json(folder.staged("config.json"), timm_config(model, arch_doc))
+        if is_timm_model(model):
+            write_json(folder.staged("config.json"), timm_config(model, arch_doc))
+        else:
+            metrics["timm"] = ("no config.json: the derived network has no stem + cells/blocks layout for timm's "
+                               "CNN interface; hmnas export and hmnas bench take it as it is")
         metrics["weights_sha256"] = sha256(folder.staged("model.safetensors"))
         write_json(folder.staged("metrics.json"), metrics)
         folder.commit("metrics.json")

@@ -64,8 +64,9 @@ def body_layout(body: nn.Module) -> BodyLayout:
     """The steps of ``body`` in execution order, read from its ``stem``, ``cells``/``blocks`` and tail."""
     sequence = next((n for n in SEQUENCE_NAMES if isinstance(getattr(body, n, None), nn.Module)), None)
     if not isinstance(getattr(body, "stem", None), nn.Module) or sequence is None or not hasattr(body, "num_features"):
-        raise ValueError(f"{type(body).__name__} is not a derived body: it needs a `stem` and `cells` or `blocks` "
-                         "(and `num_features`); build it with hmnas_nni.export.build_body")
+        raise ValueError(f"{type(body).__name__} has no `stem`, `cells`/`blocks` and `num_features`, the layout "
+                         "timm's CNN interface is built on (a network of an NNI hub space's own class has not); "
+                         "take it as hmnas_nni.export.derived_model(arch), which hmnas retrain, export and bench use")
     tail = next((n for n in TAIL_NAMES if isinstance(getattr(body, n, None), nn.Module)), None)
     steps = [Step("stem", "stem", False)]
     for i, cell in enumerate(getattr(body, sequence)):

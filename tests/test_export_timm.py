@@ -199,7 +199,7 @@ def test_unsupported_feature_class_fails_clearly(arch_file):
 
 
 def test_body_that_is_not_a_derived_network_fails_clearly(arch_file):
-    with pytest.raises(ValueError, match="needs a `stem` and `cells` or `blocks`"):
+    with pytest.raises(ValueError, match="has no `stem`, `cells`/`blocks` and `num_features`"):
         HmnasNet(arch_file, body=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)))
 
 

@@ -152,3 +152,30 @@ class CustomOpNet(ModelSpace):
 def test_a_primitive_hmnas_does_not_relax_is_named():
     with pytest.raises(TypeError, match=r"does not support module 'block' of type Unrelaxable"):
         HMNAS().mutate_model(CustomOpNet())
+
+
+def test_a_hub_space_network_is_retrained_exported_and_benchmarked_as_it_is(tmp_path, one_thread):
+    """``hmnas search`` on NNI's hub NasBench201, then ``hmnas retrain --from-supernet``, ``export`` (ONNX parity)
+    and ``bench``: the network keeps NNI's own class; timm's interface is refused with the reason."""
+    import json
+
+    import timm
+
+    from hmnas_nni.cli.main import main
+
+    run, model, onnx_dir = tmp_path / "search", tmp_path / "retrain", tmp_path / "onnx"
+    space = ["--space", "nni.nas.hub.pytorch.NasBench201", "--space-args",
+             '{"stem_out_channels": 4, "num_modules_per_stack": 1}']
+    assert main(["search", *space, "--subset", "256", "--epochs", "2", "--batch-size", "32", "--no-progress",
+                 "--out", str(run)]) == 0
+    assert main(["retrain", str(run / "arch.json"), "--dataset", "digits", "--epochs", "1", "--from-supernet",
+                 str(run), "--out", str(model), "--no-progress"]) == 0
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["init"] == "supernet" and 0 <= metrics["test_accuracy"] <= 1 and "timm" in metrics
+    assert main(["export", str(model / "arch.json"), "--weights", str(model / "model.safetensors"),
+                 "--out", str(onnx_dir)]) == 0
+    assert json.loads((onnx_dir / "parity.json").read_text())["passed"]
+    assert main(["bench", str(model / "arch.json"), "--weights", str(model / "model.safetensors"), "--onnx",
+                 str(onnx_dir / "model.onnx"), "--quick", "--out", str(tmp_path / "bench")]) == 0
+    with pytest.raises(ValueError, match="the layout timm's CNN interface is built on"):
+        timm.create_model("hmnas", arch=str(model / "arch.json"))
