@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from hmnas_nni.format.errors import CheckFailed, Interrupted, UsageError
+from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.outputs import OutputFolder
 
@@ -372,10 +373,7 @@ def _csv(results: list[dict[str, Any]]) -> str:
 
 def _plot(results: list[dict[str, Any]], env: dict[str, Any]) -> bytes:
     """PNG: p50 latency and throughput against batch size, one line per backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for backend in dict.fromkeys(r["backend"] for r in results):
@@ -393,8 +391,4 @@ def _plot(results: list[dict[str, Any]], env: dict[str, Any]) -> bytes:
     dev = env["device"]
     fig.suptitle(f"{dev['gpu'] or dev['cpu']} ({dev['cpu_cores']} cores); torch {env['versions']['torch']}, "
                  f"onnxruntime {env['versions']['onnxruntime']}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

@@ -4,7 +4,6 @@ member and ``family.png`` (accuracy against measured latency)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.cost import LatencyModel
@@ -85,10 +85,7 @@ def write_family(out: str | Path, rows: list[dict[str, Any]], table: LatencyTabl
 
 def plot_family(members: list[dict[str, Any]]) -> bytes:
     """Accuracy (else parameters) against measured (else predicted) latency, one point per member."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x_key = "measured_ms" if all(m["measured_ms"] is not None for m in members) else "predicted_ms"
     if any(m[x_key] is None for m in members):
@@ -105,8 +102,4 @@ def plot_family(members: list[dict[str, Any]]) -> bytes:
     ax.set_xlabel(labels[x_key])
     ax.set_ylabel(labels[y_key])
     ax.set_title("HM-NAS family from one search", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

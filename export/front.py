@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import logging
 import sys
 import time
@@ -32,6 +31,7 @@ from nni.nas.experiment import NasExperiment
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from nni.nas.profiler import ExpressionProfiler
 
+from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.cost import LatencyModel
@@ -186,10 +186,7 @@ def _bounds(space: nn.Module, table: LatencyTable) -> dict[str, float]:
 
 def plot_front(report: dict[str, Any]) -> bytes:
     """Validation accuracy against measured latency: HM-NAS's families (lines), NNI's strategies (points)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colours = {"hmnas": "tab:blue", "proxyless": "tab:orange", "darts": "tab:green"}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -204,11 +201,7 @@ def plot_front(report: dict[str, Any]) -> bytes:
     ax.set_ylabel("validation accuracy, inherited weights")
     ax.set_title(f"nb201 on {report['dataset']}: {len(report['runs'])} seeds, {report['epochs']} epochs", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ correlations, absolute and relative errors, per space and over all) and ``latenc
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.cost import LatencyModel
@@ -118,10 +118,7 @@ def _line(f: dict[str, Any]) -> str:
 
 def plot_fit(spaces: dict[str, list[dict[str, Any]]], title: str) -> bytes:
     """Scatter of measured against predicted milliseconds, one colour per space, the diagonal drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(spaces), figsize=(4.2 * len(spaces), 4), squeeze=False)
     for ax, (name, points) in zip(axes[0], spaces.items()):
@@ -136,11 +133,7 @@ def plot_fit(spaces: dict[str, list[dict[str, Any]]], title: str) -> bytes:
         ax.set_xlabel("predicted (table) ms")
         ax.set_ylabel("measured ms")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def check_predictor(out: str | Path, spaces: list[SpaceSpec] | None = None, networks: int = 12, seed: int = 0,

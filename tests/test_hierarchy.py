@@ -96,3 +96,18 @@ def test_chain_block_keeps_its_best_op():
     messages = h.apply()
     assert h.masks["ops:block_1"].live == [2]
     assert any("block_1" in m for m in messages)
+
+
+def test_a_none_op_does_not_connect_an_edge_and_no_forced_path_runs_through_it():
+    """NB201's 'none' outputs zeros: an edge keeping only it is removed, and the last-path rule skips it."""
+    _, strategy = hmnas_supernet("nb201")
+    h = strategy.hierarchy
+    assert h.masks["ops:cell/0_1"].carries == [False, True, True, True, True]  # none, skip, conv1x1, conv3x3, pool
+    _set(h.masks["ops:cell/0_2"], [1.0, 0.0, 0.0, 0.0, 0.0])  # only 'none' left on edge 0_2
+    h.apply()
+    assert h.masks["ops:cell/0_2"].live == []
+    for label in ("cell/0_1", "cell/0_2", "cell/1_2", "cell/0_3", "cell/1_3", "cell/2_3"):
+        _set(h.masks[f"ops:{label}"], [0.004, 0.001, 0.002, 0.003, 0.0])  # 'none' scores highest everywhere
+    h.apply()
+    kept = {label: h.masks[f"ops:{label}"].live for label in ("cell/0_1", "cell/1_2", "cell/2_3", "cell/0_3")}
+    assert kept["cell/0_3"] == [3] and all(0 not in live for live in kept.values())  # conv_3x3, never 'none'

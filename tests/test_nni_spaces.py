@@ -6,71 +6,22 @@ from __future__ import annotations
 
 import warnings
 
-import nni
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from hmnas_nni.experiments.nni_spaces import CellNet, CustomOpNet, LayerChoiceNet, MixedChoiceNet
 from hmnas_nni.export.onnx_export import export_onnx, ort_session
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.hub.pytorch import DARTS, ENAS, NasBench201
-from nni.nas.nn.pytorch import Cell, InputChoice, LayerChoice, ModelSpace, MutableModule
+from nni.nas.nn.pytorch import MutableModule
 from torch.utils.data import TensorDataset
 
 from hmnas_nni import HMNAS
 from hmnas_nni.search.data import load_dataset, search_splits
 
 warnings.filterwarnings("ignore")
-
-
-class LayerChoiceNet(ModelSpace):
-    """A chain of convolutions, two of them LayerChoices."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.choice1 = LayerChoice({"conv3": nn.Conv2d(8, 8, 3, padding=1), "conv5": nn.Conv2d(8, 8, 5, padding=2),
-                                    "pool": nn.MaxPool2d(3, 1, 1)}, label="choice1")
-        self.choice2 = LayerChoice([nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 1)), nn.Identity()], label="choice2")
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.choice2(torch.relu(self.choice1(self.stem(x)))))
-
-
-class CellNet(ModelSpace):
-    """Two NNI Cells (two predecessors, 3 nodes, merge all) between a stem and a head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
-        ops = {"conv": nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)),
-               "pool": nn.AvgPool2d(3, 1, 1), "skip": nn.Identity()}
-        self.cell1 = Cell(ops, num_nodes=3, num_ops_per_node=2, num_predecessors=2, label="cell1")
-        self.reduce = nn.Conv2d(24, 8, 1)
-        self.cell2 = Cell(ops, num_nodes=3, num_ops_per_node=1, num_predecessors=1, label="cell2")
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.stem(x)
-        return self.head(self.cell2(self.reduce(self.cell1([s, s]))))
-
-
-class MixedChoiceNet(ModelSpace):
-    """LayerChoices and an InputChoice outside any cell: a node that sums any of three branches."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.branches = nn.ModuleList([LayerChoice([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)],
-                                                   label=f"branch{i}") for i in range(3)])
-        self.node = InputChoice(3, 2, reduction="sum", label="node")
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.stem(x)
-        return self.head(self.node([b(s) for b in self.branches]))
 
 
 SPACES = {
@@ -126,27 +77,6 @@ def test_searched_and_derived_through_nni_with_zero_gap(name, digits_rgb, tmp_pa
     path = export_onnx(net, tmp_path / "model.onnx", tuple(x.shape[1:]))
     onnx_out = ort_session(path).run(None, {"input": x.numpy()})[0]
     assert np.abs(onnx_out - got.numpy()).max() <= 1e-4
-
-
-class Unrelaxable(MutableModule):
-    """A user's own choice primitive that no one-shot strategy knows."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.width = self.add_mutable(nni.choice("my_width", [4, 8]))
-        self.conv = nn.Conv2d(3, 8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class CustomOpNet(ModelSpace):
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = Unrelaxable()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
 
 
 def test_a_primitive_hmnas_does_not_relax_is_named():

@@ -6,57 +6,23 @@ from __future__ import annotations
 
 import warnings
 
-import nni
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from hmnas_nni.experiments.nni_spaces import WidthNet, rgb_digits
 from hmnas_nni.export.onnx_export import export_onnx, ort_session
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.hub.pytorch import MobileNetV3Space, ProxylessNAS, ShuffleNetSpace
-from nni.nas.nn.pytorch import ModelSpace, MutableBatchNorm2d, MutableConv2d, MutableLinear, Repeat
-from torch.utils.data import TensorDataset
 
 from hmnas_nni import HMNAS
 from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.samples import architecture_from_export
 from hmnas_nni.nas.supermodules import ValueMasks
-from hmnas_nni.search.data import load_dataset, search_splits
 from tests.helpers import export_sample, trace
 
 warnings.filterwarnings("ignore")
-
-
-class WidthNet(ModelSpace):
-    """Width choices on a conv and the linear layer after it, a kernel choice, a depth range, and one width shared by
-    both sides of a residual add."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        width = nni.choice("width", [4, 8, 12])
-        shared = nni.choice("shared", [8, 16])
-        self.stem = nn.Sequential(MutableConv2d(3, width, nni.choice("stem_kernel", [3, 5, 7]), padding=3),
-                                  MutableBatchNorm2d(width), nn.ReLU())
-        self.widen = MutableConv2d(width, shared, 1)
-        self.body = Repeat(lambda i: ResidualBlock(shared), (1, 3), label="depth")
-        self.head = MutableLinear(shared, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.body(self.widen(self.stem(x)))
-        return self.head(x.mean((2, 3)))
-
-
-class ResidualBlock(nn.Module):
-    """``x + conv(x)``: the add ties the block's output width to its input width (one label, one mask)."""
-
-    def __init__(self, channels) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(MutableConv2d(channels, channels, 3, padding=1), MutableBatchNorm2d(channels),
-                                  nn.ReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x)
 
 
 SPACES = {
@@ -67,16 +33,6 @@ SPACES = {
                                                  dropout_rate=0.0), 16),
     "hub-shufflenet": (lambda: ShuffleNetSpace(num_labels=10, channel_search=True), 16),
 }
-
-
-def _rgb_digits(size: int) -> list[TensorDataset]:
-    """scikit-learn digits, grey repeated to RGB and resized to ``size`` (the hub spaces reduce 5 times)."""
-    train, _, _ = load_dataset("digits")
-    out = []
-    for half in search_splits(train, 192, 0):
-        x = nn.functional.interpolate(half.tensors[0], size=(size, size), mode="bilinear").repeat(1, 3, 1, 1)
-        out.append(TensorDataset(x, half.tensors[1]))
-    return out
 
 
 def _max_params(space_factory) -> int:
@@ -92,7 +48,7 @@ def _max_params(space_factory) -> int:
 def test_searched_pruned_and_derived_with_zero_gap(name, tmp_path, one_thread):
     factory, size = SPACES[name]
     torch.manual_seed(0)
-    data = _rgb_digits(size)
+    data = rgb_digits(size)
     evaluator = Classification(train_dataloaders=DataLoader(data[0], batch_size=32),
                                val_dataloaders=DataLoader(data[1], batch_size=32), max_epochs=3, num_classes=10,
                                enable_progress_bar=False, logger=False, enable_checkpointing=False)

@@ -129,24 +129,28 @@ class Hierarchy:
     @staticmethod
     def _edge_on(e: FlowEdge, on: dict[int, list[bool]]) -> bool:
         gate_on = e.gate is None or on[id(e.gate[0])][e.gate[1]]
-        return gate_on and any(on[id(e.ops)])
+        return gate_on and any(o and c for o, c in zip(on[id(e.ops)], e.ops.carries))
 
     @staticmethod
     def _score(e: FlowEdge) -> float:
         if e.gate is not None:
             return float(e.gate[0].scores.detach()[e.gate[1]])
-        return float(e.ops.scores.detach().max())
+        scores = [s for s, c in zip(e.ops.scores.detach().tolist(), e.ops.carries) if c]
+        return max(scores or e.ops.scores.detach().tolist())
 
     @staticmethod
     def _keep_best(mask: MaskScores, on: dict[int, list[bool]]) -> int:
-        """Force the highest-scoring entry of ``mask`` on; return its index."""
-        best = int(mask.scores.detach().argmax())
+        """Force the highest-scoring entry of ``mask`` that carries data (any, if none does) on; return its index."""
+        scores = mask.scores.detach().clone()
+        if any(mask.carries):
+            scores[[not c for c in mask.carries]] = -float("inf")
+        best = int(scores.argmax())
         mask.forced[best] = True
         on[id(mask)][best] = True
         return best
 
     def _force(self, e: FlowEdge, on: dict[int, list[bool]]) -> None:
-        if not any(on[id(e.ops)]):
+        if not any(o and c for o, c in zip(on[id(e.ops)], e.ops.carries)):
             self._keep_best(e.ops, on)
         self._force_gate(e, on)
 

@@ -44,6 +44,9 @@ class MaskScores(nn.Module):
         self.register_buffer("forced", torch.zeros(size, dtype=torch.bool))
         self.register_buffer("alive", torch.ones(size, dtype=torch.bool))
         self.live: list[int] = list(range(size))
+        #: Entries that carry data: False for a 'none' op (its output is zeros), so keeping it alone does not
+        #: connect an edge, and a path the rules keep by force never runs through it.
+        self.carries: list[bool] = [True] * size
 
     def switched_on(self) -> list[bool]:
         """What the scores alone say, before the hierarchy rules."""

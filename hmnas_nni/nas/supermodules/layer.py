@@ -21,6 +21,14 @@ from ..derived import KeptOps, RemovedEdge
 from ..masks import MaskScores, masked_softmax
 from .memo import shared_gate, shared_logits, shared_masks
 
+#: Class names of the zero ('none') ops of DARTS-style spaces (NNI's hub spaces, NAS-Bench-201 and ours).
+ZERO_OPS = ("Zero", "Zeros")
+
+
+def is_zero_op(name: str, op: nn.Module | None) -> bool:
+    """Whether a LayerChoice candidate is the 'none' op, whose output is all zeros."""
+    return name == "none" or type(op).__name__ in ZERO_OPS
+
 
 class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
     """A ``LayerChoice`` relaxed at the operation level (and, with a gate, the edge level)."""
@@ -46,6 +54,8 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
         label, n = module.label, len(module.names)
         alpha = shared_logits(memo, f"{label}#alpha", n)
         op_masks = shared_masks(memo, f"{label}#ops", n, mutate_kwargs)
+        children = dict(module.named_children())
+        op_masks.carries = [not is_zero_op(str(c), children.get(str(c))) for c in module.names]
         if mutate_kwargs["edge_level"] != "layer":
             return cls(module.candidates, alpha, op_masks, label)
         return cls(module.candidates, alpha, op_masks, label, shared_gate(memo, f"{label}#gate"),
