@@ -4,6 +4,7 @@ member and ``family.png`` (accuracy against measured latency)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from hmnas_nni.nas.cost import LatencyModel
 from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.family import family_members
 from hmnas_nni.nas.hierarchy import Hierarchy
-from hmnas_nni.search.evaluation import accuracy, count_parameters
+from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 
 from .latency import Runtime, Timer, runtime_of
 
@@ -34,12 +35,14 @@ def flops(net: nn.Module, input_shape: list[int] | tuple[int, ...]) -> int:
 
 def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: LatencyTable | None = None,
            input_shape: list[int] | None = None, val_data: Dataset | None = None, measure: bool = True,
-           timer: Timer | None = None, out: str | Path | None = None) -> list[dict[str, Any]]:
+           timer: Timer | None = None, out: str | Path | None = None,
+           bn_data: Dataset | None = None) -> list[dict[str, Any]]:
     """``k`` nested networks of a searched supernet, the search's own first, in order of predicted latency (with a
     table; else of entries kept), each with its architecture, predicted and (``measure``, on the table's runtime,
     which must be this machine's, else ONNX Runtime's CPU provider at batch 1) measured milliseconds, parameters,
-    FLOPs and, given ``val_data``, accuracy with inherited weights. With ``out``, the family is written there
-    (:func:`write_family`)."""
+    FLOPs and, given ``val_data``, accuracy with inherited weights (and, given ``bn_data``, ``val_acc_bn`` after
+    re-estimating BatchNorm statistics on 10 of its batches: a smaller member no longer sees the statistics of
+    the ops it dropped). With ``out``, the family is written there (:func:`write_family`)."""
     shape = list(table.input_shape) if table is not None else input_shape
     if shape is None:
         raise ValueError("family: pass a latency table or the input_shape (C, H, W) the networks take")
@@ -54,7 +57,8 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
                      "predicted_ms": member.predicted_ms, "measured_ms": None, "params": count_parameters(net),
                      "flops": flops(net, shape), "ops_kept": member.architecture.ops_kept(),
                      "entries_kept": member.size(), "kept": member.kept,
-                     "val_acc": accuracy(net, val_data) if val_data else None})
+                     "val_acc": accuracy(net, val_data) if val_data else None,
+                     "val_acc_bn": _accuracy_bn(net, bn_data, val_data)})
         if timer is not None:
             graphs.append(timer.graph(net, (batch, *shape), f"family member {rank}", fresh=True))
     if timer is not None:
@@ -64,6 +68,13 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
     if out is not None:
         write_family(out, rows, table)
     return rows
+
+
+def _accuracy_bn(net: nn.Module, bn_data: Dataset | None, val_data: Dataset | None) -> float | None:
+    """Accuracy after BatchNorm statistics are re-estimated on ``bn_data`` (on a copy: ``net`` is unchanged)."""
+    if bn_data is None or val_data is None:
+        return None
+    return accuracy(recalibrate_batchnorm(copy.deepcopy(net), bn_data), val_data)
 
 
 def write_family(out: str | Path, rows: list[dict[str, Any]], table: LatencyTable | None = None) -> Path:
@@ -90,7 +101,7 @@ def plot_family(members: list[dict[str, Any]]) -> bytes:
     x_key = "measured_ms" if all(m["measured_ms"] is not None for m in members) else "predicted_ms"
     if any(m[x_key] is None for m in members):
         x_key = "entries_kept"
-    y_key = "val_acc" if all(m["val_acc"] is not None for m in members) else "params"
+    y_key = next((k for k in ("val_acc_bn", "val_acc") if all(m.get(k) is not None for m in members)), "params")
     fig, ax = plt.subplots(figsize=(5, 3.6))
     xs, ys = [m[x_key] for m in members], [m[y_key] for m in members]
     ax.plot(xs, ys, "o-")
@@ -98,6 +109,7 @@ def plot_family(members: list[dict[str, Any]]) -> bytes:
         ax.annotate(str(m["rank"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     labels = {"measured_ms": "measured latency (ms)", "predicted_ms": "predicted latency (ms)",
               "entries_kept": "mask entries kept", "val_acc": "validation accuracy (inherited weights)",
+              "val_acc_bn": "validation accuracy (inherited weights, BN re-estimated)",
               "params": "parameters"}
     ax.set_xlabel(labels[x_key])
     ax.set_ylabel(labels[y_key])

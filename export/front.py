@@ -39,7 +39,7 @@ from hmnas_nni.nas.rebuild import derived_of
 from hmnas_nni.nas.samples import architecture_of
 from hmnas_nni.nas.strategy import HMNAS
 from hmnas_nni.search.data import load_dataset, search_splits
-from hmnas_nni.search.evaluation import accuracy, count_parameters
+from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 
 from .family import family
 from .latency import Runtime, Timer, runtime_of, table_for_space
@@ -108,13 +108,15 @@ def _search(name: str, data: list[Any], space_args: dict[str, Any], table: Laten
     return experiment, experiment.strategy, time.perf_counter() - t0
 
 
-def _nni_point(experiment: NasExperiment, name: str, table: LatencyTable, val: Any, timer: Timer) -> dict[str, Any]:
+def _nni_point(experiment: NasExperiment, name: str, table: LatencyTable, train: Any, val: Any,
+              timer: Timer) -> dict[str, Any]:
     """The derived network of an NNI strategy: its sample as an architecture, with the supernet's weights."""
     supernet = experiment.strategy.supernet
     sample = experiment.export_top_models(formatter="dict")[0]
     arch = architecture_of(sample, supernet, name, list(table.input_shape))
     net = derived_of(supernet, arch).eval()
     return {"architecture": arch.to_dict(), "val_acc": accuracy(net, val), "params": count_parameters(net),
+            "val_acc_bn": accuracy(recalibrate_batchnorm(copy.deepcopy(net), train), val),
             "ops_kept": arch.ops_kept(), "graph": timer.graph(net, (table.batch, *table.input_shape), name,
                                                               fresh=True)}
 
@@ -122,7 +124,7 @@ def _nni_point(experiment: NasExperiment, name: str, table: LatencyTable, val: A
 def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 4000, epochs: int = 6,
               seeds: tuple[int, ...] = (0, 1, 2), space_args: dict[str, Any] | None = None, family_k: int = 5,
               target_fraction: float = 0.5, batch_size: int = 64, runtime: Runtime | None = None,
-              log: Any = print) -> dict[str, Any]:
+              log: Any = print, command: str = "") -> dict[str, Any]:
     """Search nb201 with HM-NAS (latency target), Proxyless (penalty at the same target) and DARTS for each seed;
     measure every derived network; write ``front.json`` and ``front.png``."""
     out = Path(out)
@@ -146,13 +148,14 @@ def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 400
             try:
                 if name == "hmnas":
                     rows = family(strategy.supernet, strategy.hierarchy, family_k, table=table, val_data=data[1],
-                                  timer=timer, out=out / f"seed{seed}" / "family")
-                    points += [{"strategy": name, "member": r["rank"], "val_acc": r["val_acc"], "params": r["params"],
+                                  timer=timer, out=out / f"seed{seed}" / "family", bn_data=data[0])
+                    points += [{"strategy": name, "member": r["rank"], "val_acc": r["val_acc"],
+                                "val_acc_bn": r["val_acc_bn"], "params": r["params"],
                                 "measured_ms": r["measured_ms"], "predicted_ms": r["predicted_ms"],
                                 "ops_kept": r["ops_kept"], "search_seconds": seconds} for r in rows]
                 else:
                     points.append({"strategy": name, "search_seconds": seconds,
-                                   **_nni_point(experiment, name, table, data[1], timer)})
+                                   **_nni_point(experiment, name, table, data[0], data[1], timer)})
             finally:
                 experiment.stop()
             log(f"seed {seed} {name}: searched in {seconds:.0f} s")
@@ -162,11 +165,13 @@ def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 400
                 p["measured_ms"] = timer.ms(p.pop("graph"))
         for p in points:
             log(f"  seed {seed} {p['strategy']}{'' if 'member' not in p else ' member ' + str(p['member'])}: "
-                f"val acc {p['val_acc']:.4f}, {p['measured_ms']:.4f} ms measured, {p['params']} params")
+                f"val acc {p['val_acc']:.4f} ({p['val_acc_bn']:.4f} BN re-estimated), "
+                f"{p['measured_ms']:.4f} ms measured, {p['params']} params")
         runs.append({"seed": seed, "points": points})
-    report = {"space": "nb201", "space_args": space_args, "dataset": info.name, "subset": subset, "epochs": epochs,
-              "seeds": list(seeds), "target_ms": target_ms, "bounds": bounds, "runtime": table.runtime,
-              "device": table.device, "accuracy": "validation half of the search split, inherited weights",
+    report = {"command": command, "space": "nb201", "space_args": space_args, "dataset": info.name,
+              "subset": subset, "epochs": epochs, "seeds": list(seeds), "target_ms": target_ms, "bounds": bounds, "runtime": table.runtime,
+              "device": table.device, "accuracy": "validation half of the search split, inherited weights (val_acc_bn: BatchNorm "
+                                      "statistics re-estimated on 10 training batches)",
               "runs": runs}
     write_json(out / "front.json", report)
     write_atomic(out / "front.png", plot_front(report))
@@ -189,19 +194,26 @@ def plot_front(report: dict[str, Any]) -> bytes:
     plt = pyplot()
 
     colours = {"hmnas": "tab:blue", "proxyless": "tab:orange", "darts": "tab:green"}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in report["runs"]:
-        for name in STRATEGIES:
-            pts = [p for p in run["points"] if p["strategy"] == name]
-            ax.plot([p["measured_ms"] for p in pts], [p["val_acc"] for p in pts], "o-" if name == "hmnas" else "s",
-                    color=colours[name], alpha=0.8, label=name if run is report["runs"][0] else None)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, what in zip(axes, ("val_acc", "val_acc_bn"), ("inherited weights", "BN re-estimated")):
+        for run in report["runs"]:
+            for name in STRATEGIES:
+                pts = [p for p in run["points"] if p["strategy"] == name]
+                ax.plot([p["measured_ms"] for p in pts], [p[key] for p in pts], "o-" if name == "hmnas" else "s",
+                        color=colours[name], alpha=0.8, label=name if run is report["runs"][0] else None)
+        _decorate(ax, report, what)
+    return png_bytes(fig)
+
+
+def _decorate(ax: Any, report: dict[str, Any], what: str) -> None:
+    """Axes, target line and title of one panel of the front."""
     ax.axvline(report["target_ms"], color="grey", ls="--", lw=1, label="latency target (predicted)")
     ax.set_xlabel(f"measured latency, ms (ORT {report['runtime']['provider']}, {report['runtime']['threads']} "
                   "thread, batch 1)")
-    ax.set_ylabel("validation accuracy, inherited weights")
-    ax.set_title(f"nb201 on {report['dataset']}: {len(report['runs'])} seeds, {report['epochs']} epochs", fontsize=9)
+    ax.set_ylabel(f"validation accuracy, {what}")
+    ax.set_title(f"nb201 on {report['dataset']}: {len(report['runs'])} seeds, {report['epochs']} epochs, {what}",
+                 fontsize=9)
     ax.legend(fontsize=8)
-    return png_bytes(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--family", type=int, default=5)
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--target-fraction", type=float, default=0.5,
+                   help="latency target between the smallest (0) and the whole supernet (1), predicted")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), family_k=args.family,
-              runtime=Runtime("cpu", args.threads, args.exporter))
+              target_fraction=args.target_fraction, runtime=Runtime("cpu", args.threads, args.exporter),
+              command=" ".join(["python -m hmnas_nni.export.front", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 
 
