@@ -169,9 +169,10 @@ def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 400
                 f"{p['measured_ms']:.4f} ms measured, {p['params']} params")
         runs.append({"seed": seed, "points": points})
     report = {"command": command, "space": "nb201", "space_args": space_args, "dataset": info.name,
-              "subset": subset, "epochs": epochs, "seeds": list(seeds), "target_ms": target_ms, "bounds": bounds, "runtime": table.runtime,
-              "device": table.device, "accuracy": "validation half of the search split, inherited weights (val_acc_bn: BatchNorm "
-                                      "statistics re-estimated on 10 training batches)",
+              "subset": subset, "epochs": epochs, "seeds": list(seeds), "target_ms": target_ms, "bounds": bounds,
+              "runtime": table.runtime, "device": table.device,
+              "accuracy": "validation half of the search split, inherited weights (val_acc_bn: BatchNorm statistics "
+                          "re-estimated on 10 training batches)",
               "runs": runs}
     write_json(out / "front.json", report)
     write_atomic(out / "front.png", plot_front(report))
