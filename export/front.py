@@ -7,13 +7,16 @@ Each search trains through NNI's ``NasExperiment`` with one ``Classification`` e
 (HM-NAS: the K members of its family; NNI's strategies: their exported architecture) keeps the supernet's
 weights and is scored on the search's validation half (the test set is never seen) and timed in ONNX Runtime
 on the table's runtime (HM-NAS's members in one set of rounds, the NNI networks of a seed in another).
-Writes ``front.json`` and ``front.png``.
+Writes ``front.json`` and ``front.png``. Then ``python -m hmnas_nni.export.front --out runs/front --retrain 3``
+retrains every network of that front from scratch with one recipe and adds ``test_acc`` and
+``front_retrained.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import sys
 import time
@@ -190,31 +193,69 @@ def _bounds(space: nn.Module, table: LatencyTable) -> dict[str, float]:
     return {"full_ms": model.predicted_ms(), "smallest_ms": model.smallest_ms()}
 
 
-def plot_front(report: dict[str, Any]) -> bytes:
-    """Validation accuracy against measured latency: HM-NAS's families (lines), NNI's strategies (points)."""
+PANELS = (("val_acc", "validation accuracy", "inherited weights"),
+          ("val_acc_bn", "validation accuracy", "BN re-estimated"))
+RETRAINED = (("test_acc", "test accuracy", "retrained from scratch"),)
+
+
+def plot_front(report: dict[str, Any], panels: tuple[tuple[str, str, str], ...] = PANELS) -> bytes:
+    """Accuracy against measured latency, one panel per accuracy: HM-NAS's families (lines), NNI's strategies."""
     plt = pyplot()
 
     colours = {"hmnas": "tab:blue", "proxyless": "tab:orange", "darts": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, what in zip(axes, ("val_acc", "val_acc_bn"), ("inherited weights", "BN re-estimated")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (key, metric, what) in zip(axes[0], panels):
         for run in report["runs"]:
             for name in STRATEGIES:
                 pts = [p for p in run["points"] if p["strategy"] == name]
                 ax.plot([p["measured_ms"] for p in pts], [p[key] for p in pts], "o-" if name == "hmnas" else "s",
                         color=colours[name], alpha=0.8, label=name if run is report["runs"][0] else None)
-        _decorate(ax, report, what)
+        _decorate(ax, report, metric, what)
     return png_bytes(fig)
 
 
-def _decorate(ax: Any, report: dict[str, Any], what: str) -> None:
+def _decorate(ax: Any, report: dict[str, Any], metric: str, what: str) -> None:
     """Axes, target line and title of one panel of the front."""
     ax.axvline(report["target_ms"], color="grey", ls="--", lw=1, label="latency target (predicted)")
     ax.set_xlabel(f"measured latency, ms (ORT {report['runtime']['provider']}, {report['runtime']['threads']} "
                   "thread, batch 1)")
-    ax.set_ylabel(f"validation accuracy, {what}")
+    ax.set_ylabel(f"{metric}, {what}")
     ax.set_title(f"nb201 on {report['dataset']}: {len(report['runs'])} seeds, {report['epochs']} epochs, {what}",
                  fontsize=9)
     ax.legend(fontsize=8)
+
+
+def _point_arch(out: Path, seed: int, point: dict[str, Any]) -> Path:
+    """The architecture file of a point of the front (a family member's, or a peer's written beside it)."""
+    if point["strategy"] == "hmnas":
+        return out / f"seed{seed}" / "family" / f"member_{point['member']}" / "arch.json"
+    path = out / f"seed{seed}" / point["strategy"] / "arch.json"
+    write_json(path, point["architecture"])
+    return path
+
+
+def retrain_front(out: str | Path, epochs: int = 3, limit_train: int | None = 5000,
+                  log: Any = print) -> dict[str, Any]:
+    """Retrain every network of the front in ``out`` from scratch with one recipe (``hmnas retrain``'s, the
+    search's seed), record its test accuracy in ``front.json`` and draw ``front_retrained.png``."""
+    from .retrain import retrain
+
+    out = Path(out)
+    report = json.loads((out / "front.json").read_text())
+    for run in report["runs"]:
+        for i, point in enumerate(run["points"]):
+            metrics = retrain(_point_arch(out, run["seed"], point), report["dataset"], epochs,
+                              out / "retrained" / f"seed{run['seed']}-{i}", limit_train=limit_train,
+                              seed=run["seed"], progress=False, force=True)
+            point["test_acc"] = metrics["test_accuracy"]
+            member = "" if "member" not in point else f" member {point['member']}"
+            log(f"  seed {run['seed']} {point['strategy']}{member}: test acc {point['test_acc']:.4f} after {epochs} "
+                f"epochs on {metrics['train_images']} images")
+    report["retrain"] = {"epochs": epochs, "train_images": limit_train, "recipe": "hmnas retrain defaults (SGD + "
+                         "Nesterov, cosine), test set of the dataset", "seed": "the search's"}
+    write_json(out / "front.json", report)
+    write_atomic(out / "front_retrained.png", plot_front(report, RETRAINED))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,9 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--target-fraction", type=float, default=0.5,
                    help="latency target between the smallest (0) and the whole supernet (1), predicted")
+    p.add_argument("--retrain", type=int, default=0, metavar="EPOCHS",
+                   help="retrain the front already in --out from scratch for EPOCHS instead of searching")
+    p.add_argument("--limit-train", type=int, default=5000, help="training images for --retrain")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    if args.retrain:
+        retrain_front(args.out, args.retrain, args.limit_train or None)
+        return 0
     run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), family_k=args.family,
               target_fraction=args.target_fraction, runtime=Runtime("cpu", args.threads, args.exporter),
               command=" ".join(["python -m hmnas_nni.export.front", *(argv if argv is not None else sys.argv[1:])]))
