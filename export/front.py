@@ -84,27 +84,29 @@ def latency_penalty(space: nn.Module, table: LatencyTable, baseline_ms: float,
     return ExpectationProfilerPenalty(TableProfiler(space, table), baseline_ms, scale, nonlinear="positive")
 
 
-def _strategy(name: str, space: nn.Module, table: LatencyTable, target_ms: float, epochs: int) -> Any:
+def _strategy(name: str, space: nn.Module, table: LatencyTable, target_ms: float, epochs: int,
+              latency_weight: float = 1.0) -> Any:
     from nni.nas.oneshot.pytorch.strategy import DARTS, Proxyless
 
     warmup = max(1, epochs // 4)
     if name == "hmnas":
         return HMNAS(warmup_epochs=warmup, arch_epochs=max(1, epochs // 4), latency_table=table,
-                     latency_target_ms=target_ms)
+                     latency_target_ms=target_ms, latency_weight=latency_weight)
     if name == "proxyless":
         return Proxyless(warmup_epochs=warmup, penalty=latency_penalty(space, table, target_ms))
     return DARTS(warmup_epochs=warmup)
 
 
 def _search(name: str, data: list[Any], space_args: dict[str, Any], table: LatencyTable, target_ms: float,
-            epochs: int, batch_size: int, seed: int, workdir: Path) -> tuple[NasExperiment, Any, float]:
+            epochs: int, batch_size: int, seed: int, workdir: Path,
+            latency_weight: float = 1.0) -> tuple[NasExperiment, Any, float]:
     torch.manual_seed(seed)
     space = build_space("nb201", **space_args)
     evaluator = Classification(train_dataloaders=DataLoader(data[0], batch_size=batch_size, shuffle=True),
                                val_dataloaders=DataLoader(data[1], batch_size=batch_size), max_epochs=epochs,
                                num_classes=10, learning_rate=3e-3, weight_decay=3e-4, enable_progress_bar=False,
                                logger=False, enable_checkpointing=False)
-    experiment = NasExperiment(space, evaluator, _strategy(name, space, table, target_ms, epochs))
+    experiment = NasExperiment(space, evaluator, _strategy(name, space, table, target_ms, epochs, latency_weight))
     experiment.config.experiment_working_directory = str(workdir)
     t0 = time.perf_counter()
     experiment.run()
@@ -127,7 +129,7 @@ def _nni_point(experiment: NasExperiment, name: str, table: LatencyTable, train:
 def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 4000, epochs: int = 6,
               seeds: tuple[int, ...] = (0, 1, 2), space_args: dict[str, Any] | None = None, family_k: int = 5,
               target_fraction: float = 0.5, batch_size: int = 64, runtime: Runtime | None = None,
-              log: Any = print, command: str = "") -> dict[str, Any]:
+              log: Any = print, command: str = "", latency_weight: float = 1.0) -> dict[str, Any]:
     """Search nb201 with HM-NAS (latency target), Proxyless (penalty at the same target) and DARTS for each seed;
     measure every derived network; write ``front.json`` and ``front.png``."""
     out = Path(out)
@@ -147,7 +149,7 @@ def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 400
         points = []
         for name in STRATEGIES:
             experiment, strategy, seconds = _search(name, data, space_args, table, target_ms, epochs, batch_size,
-                                                    seed, out / "experiments")
+                                                    seed, out / "experiments", latency_weight)
             try:
                 if name == "hmnas":
                     rows = family(strategy.supernet, strategy.hierarchy, family_k, table=table, val_data=data[1],
@@ -172,7 +174,8 @@ def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 400
                 f"{p['measured_ms']:.4f} ms measured, {p['params']} params")
         runs.append({"seed": seed, "points": points})
     report = {"command": command, "space": "nb201", "space_args": space_args, "dataset": info.name,
-              "subset": subset, "epochs": epochs, "seeds": list(seeds), "target_ms": target_ms, "bounds": bounds,
+              "subset": subset, "epochs": epochs, "seeds": list(seeds), "target_ms": target_ms,
+              "latency_weight": latency_weight, "bounds": bounds,
               "runtime": table.runtime, "device": table.device,
               "accuracy": "validation half of the search split, inherited weights (val_acc_bn: BatchNorm statistics "
                           "re-estimated on 10 training batches)",
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--target-fraction", type=float, default=0.5,
                    help="latency target between the smallest (0) and the whole supernet (1), predicted")
+    p.add_argument("--latency-weight", type=float, default=1.0, help="HM-NAS's latency-target weight")
     p.add_argument("--retrain", type=int, default=0, metavar="EPOCHS",
                    help="retrain the front already in --out from scratch for EPOCHS instead of searching")
     p.add_argument("--limit-train", type=int, default=5000, help="training images for --retrain")
@@ -281,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), family_k=args.family,
               target_fraction=args.target_fraction, runtime=Runtime("cpu", args.threads, args.exporter),
+              latency_weight=args.latency_weight,
               command=" ".join(["python -m hmnas_nni.export.front", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 
