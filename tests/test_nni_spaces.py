@@ -109,3 +109,17 @@ def test_a_hub_space_network_is_retrained_exported_and_benchmarked_as_it_is(tmp_
                  str(onnx_dir / "model.onnx"), "--quick", "--out", str(tmp_path / "bench")]) == 0
     with pytest.raises(ValueError, match="the layout timm's CNN interface is built on"):
         timm.create_model("hmnas", arch=str(model / "arch.json"))
+
+
+def test_the_survey_runs_both_strategies_side_by_side_and_writes_its_table(tmp_path, one_thread):
+    from hmnas_nni.experiments.nni_spaces import survey
+
+    report = survey(tmp_path, epochs=2, spaces=["layerchoice-net", "custom-op-net"], log=lambda line: None)
+    rows = {(r["space"], r["strategy"]): r for r in report["rows"]}
+    assert rows["layerchoice-net", "hmnas"]["inherits"] and rows["layerchoice-net", "hmnas"]["gap"] <= 1e-5
+    assert rows["layerchoice-net", "darts"]["runs"] and rows["layerchoice-net", "darts"]["derived"]
+    assert not rows["custom-op-net", "hmnas"]["runs"] and "does not support module 'block'" in \
+        rows["custom-op-net", "hmnas"]["error"]
+    assert report["totals"]["hmnas"] == {"runs": 1, "derived": 1, "inherits": 1, "spaces": 2}
+    assert "| layerchoice-net | yes / yes /" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "spaces.png").stat().st_size > 0 and (tmp_path / "spaces.json").is_file()
