@@ -4,6 +4,7 @@ another space, shape or device, and weight the sparsity term by the latency each
 from __future__ import annotations
 
 import json
+import statistics
 import warnings
 
 import pytest
@@ -169,7 +170,7 @@ def test_measuring_a_nas_bench_201_supernet_covers_every_op(one_thread):
     assert len(table.records) < len(table.costs)  # the same op at the same shape is timed once
     conv = [v for k, v in table.costs.items() if k.endswith("conv_3x3")]
     skip = [v for k, v in table.costs.items() if k.endswith("skip_connect")]
-    assert min(conv) > max(skip)
+    assert statistics.median(conv) > statistics.median(skip)  # microseconds each: medians, not extremes
 
 
 def test_table_for_space_measures_once_then_reads_back(tmp_path, one_thread):
