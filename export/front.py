@@ -38,6 +38,7 @@ from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.cost import LatencyModel
+from hmnas_nni.nas.defaults import DEFAULTS
 from hmnas_nni.nas.rebuild import derived_of
 from hmnas_nni.nas.samples import architecture_of
 from hmnas_nni.nas.strategy import HMNAS
@@ -85,7 +86,7 @@ def latency_penalty(space: nn.Module, table: LatencyTable, baseline_ms: float,
 
 
 def _strategy(name: str, space: nn.Module, table: LatencyTable, target_ms: float, epochs: int,
-              latency_weight: float = 1.0) -> Any:
+              latency_weight: float = DEFAULTS.latency_weight) -> Any:
     from nni.nas.oneshot.pytorch.strategy import DARTS, Proxyless
 
     warmup = max(1, epochs // 4)
@@ -99,7 +100,8 @@ def _strategy(name: str, space: nn.Module, table: LatencyTable, target_ms: float
 
 def _search(name: str, data: list[Any], space_args: dict[str, Any], table: LatencyTable, target_ms: float,
             epochs: int, batch_size: int, seed: int, workdir: Path,
-            latency_weight: float = 1.0) -> tuple[NasExperiment, Any, float]:
+            latency_weight: float = DEFAULTS.latency_weight,
+            ) -> tuple[NasExperiment, Any, float]:
     torch.manual_seed(seed)
     space = build_space("nb201", **space_args)
     evaluator = Classification(train_dataloaders=DataLoader(data[0], batch_size=batch_size, shuffle=True),
@@ -129,7 +131,7 @@ def _nni_point(experiment: NasExperiment, name: str, table: LatencyTable, train:
 def run_front(out: str | Path, dataset: str = "fashion-mnist", subset: int = 4000, epochs: int = 6,
               seeds: tuple[int, ...] = (0, 1, 2), space_args: dict[str, Any] | None = None, family_k: int = 5,
               target_fraction: float = 0.5, batch_size: int = 64, runtime: Runtime | None = None,
-              log: Any = print, command: str = "", latency_weight: float = 1.0) -> dict[str, Any]:
+              log: Any = print, command: str = "", latency_weight: float = DEFAULTS.latency_weight) -> dict[str, Any]:
     """Search nb201 with HM-NAS (latency target), Proxyless (penalty at the same target) and DARTS for each seed;
     measure every derived network; write ``front.json`` and ``front.png``."""
     out = Path(out)
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--target-fraction", type=float, default=0.5,
                    help="latency target between the smallest (0) and the whole supernet (1), predicted")
-    p.add_argument("--latency-weight", type=float, default=1.0, help="HM-NAS's latency-target weight")
+    p.add_argument("--latency-weight", type=float, default=DEFAULTS.latency_weight,
+                   help="HM-NAS's latency-target weight")
     p.add_argument("--retrain", type=int, default=0, metavar="EPOCHS",
                    help="retrain the front already in --out from scratch for EPOCHS instead of searching")
     p.add_argument("--limit-train", type=int, default=5000, help="training images for --retrain")

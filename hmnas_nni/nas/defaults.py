@@ -19,6 +19,7 @@ class HMNASDefaults:
     mask_init: float = 1e-2  # initial mask score (above tau: everything starts switched on)
     sparsity: float = 1e-2  # lambda of the sparsity term lambda * mean |s|
     settle_epochs: int = 1  # last masking epochs with the masks fixed (BatchNorm settles on the exported net)
+    latency_weight: float = 0.02  # weight of the latency-target term: 1 collapsed the cells (docs/hardware.md)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,7 +35,7 @@ class HMNASLightningModule(DartsLightningModule):
                  settle_epochs: int = DEFAULTS.settle_epochs,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
                  latency: LatencyModel | None = None, latency_target_ms: float | None = None,
-                 latency_weight: float = 1.0) -> None:
+                 latency_weight: float = DEFAULTS.latency_weight) -> None:
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs)
         if latency_target_ms is not None and latency is None:

@@ -79,7 +79,8 @@ class HMNAS(DARTS):
                  mask_init: float = DEFAULTS.mask_init, sparsity: float = DEFAULTS.sparsity,
                  settle_epochs: int = DEFAULTS.settle_epochs, edge_level: str = "auto",
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
-                 latency_table: Any = None, latency_target_ms: float | None = None, latency_weight: float = 1.0,
+                 latency_table: Any = None, latency_target_ms: float | None = None,
+                 latency_weight: float = DEFAULTS.latency_weight,
                  **kwargs: Any) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)

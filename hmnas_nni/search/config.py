@@ -83,7 +83,7 @@ class SearchConfig:
     latency_target: float | None = option(None, "HM-NAS: push the expected latency under MS milliseconds and "
                                                 "check the derived network against it (measures a table into "
                                                 "--out when --latency-table is not given)")
-    latency_weight: float = option(1.0, "HM-NAS: weight of the latency-target term")
+    latency_weight: float = option(DEFAULTS.latency_weight, "HM-NAS: weight of the latency-target term")
     family: int | None = option(None, "HM-NAS: also write K nested networks ranked by latency to --out/family/")
     # where to run
     accelerator: str = option("auto", "Lightning accelerator", choices=ACCELERATORS)
