@@ -34,7 +34,8 @@ def _search(data, table, tmp_path, target_ms=None) -> tuple[NasExperiment, HMNAS
                                val_dataloaders=DataLoader(data[1], batch_size=32), max_epochs=4, num_classes=10,
                                enable_progress_bar=False, logger=False, enable_checkpointing=False)
     strategy = HMNAS(warmup_epochs=1, arch_epochs=1, settle_epochs=1, mask_learning_rate=1e-2,
-                     latency_table=table, latency_target_ms=target_ms)
+                     latency_table=table, latency_target_ms=target_ms,
+                     latency_weight=1.0)  # a strong term: this search has eight masking steps to reach the target
     experiment = NasExperiment(build_space("nb201", **ARGS), evaluator, strategy)
     experiment.config.experiment_working_directory = str(tmp_path)
     experiment.run()
