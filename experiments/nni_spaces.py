@@ -40,6 +40,7 @@ from torch.utils.data import TensorDataset
 
 from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
+from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.search.data import load_dataset, search_splits
 from hmnas_nni.search.evaluation import accuracy, count_parameters
 
@@ -245,9 +246,23 @@ def _derived(experiment: NasExperiment, factory: Callable[[], nn.Module], val: T
 
 
 def survey(out: str | Path, strategies: tuple[str, ...] = ("darts", "hmnas"), epochs: int = 3,
-           spaces: list[str] | None = None, command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every space with every strategy, one after another in this process; writes the table and the plot."""
-    out = Path(out)
+           spaces: list[str] | None = None, command: str = "", log: Callable[[str], None] = print,
+           force: bool = False) -> dict[str, Any]:
+    """Every space with every strategy, one after another in this process; writes the table and the plot into
+    ``out`` together (a guarded output folder: another run's results are refused unless ``force``)."""
+    with OutputFolder(out, "nni-spaces survey", force=force) as folder:
+        folder.clear_previous()
+        report = _survey(Path(out), strategies, epochs, spaces, command, log)
+        write_json(folder.staged("spaces.json"), report)
+        write_atomic(folder.staged("table.md"), table(report))
+        write_atomic(folder.staged("spaces.png"), plot(report))
+        folder.commit("spaces.json")
+    return report
+
+
+def _survey(out: Path, strategies: tuple[str, ...], epochs: int, spaces: list[str] | None, command: str,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """The rows of the survey and their totals."""
     rows = []
     for name in spaces or list(SPACES):
         for strategy in strategies:
@@ -261,9 +276,6 @@ def survey(out: str | Path, strategies: tuple[str, ...] = ("darts", "hmnas"), ep
                              "derived": sum(r["derived"] for r in rows if r["strategy"] == s),
                              "inherits": sum(bool(r.get("inherits")) for r in rows if r["strategy"] == s),
                              "spaces": sum(1 for r in rows if r["strategy"] == s)} for s in strategies}}
-    write_json(out / "spaces.json", report)
-    write_atomic(out / "table.md", table(report))
-    write_atomic(out / "spaces.png", plot(report))
     return report
 
 
@@ -324,12 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--strategies", default="darts,hmnas")
     p.add_argument("--spaces", default=None, help=f"comma-separated subset of {','.join(SPACES)}")
+    p.add_argument("--force", action="store_true", help="replace the results another survey left in --out")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     report = survey(args.out, tuple(args.strategies.split(",")), args.epochs,
                     args.spaces.split(",") if args.spaces else None,
-                    " ".join(["python -m hmnas_nni.experiments.nni_spaces", *(argv or sys.argv[1:])]))
+                    " ".join(["python -m hmnas_nni.experiments.nni_spaces", *(argv or sys.argv[1:])]),
+                    force=args.force)
     print(table(report))
     missing = [r for r in report["rows"] if r["strategy"] == "hmnas" and not r.get("inherits")
                and r["space"] != "custom-op-net"]

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch.nn as nn
 
-from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.derive import derive_network
 
 from .family import family
@@ -41,7 +40,7 @@ class HardwareExtras:
         """The target check (``latency`` in the final metrics) and the family (``family/`` and its summary)."""
         strategy = result.strategy
         supernet = strategy.supernet.cpu().eval()
-        table = _table_of(strategy)
+        table = strategy.latency.table if strategy.latency is not None else None
         timer = Timer(runtime_of(table) if table is not None else self.runtime, repeats=self.repeats)
         final: dict[str, Any] = {}
         if table is not None:
@@ -57,11 +56,3 @@ class HardwareExtras:
             final["family"] = [{k: r[k] for k in ("rank", "val_acc", "predicted_ms", "measured_ms", "params",
                                                    "flops")} for r in rows]
         return final
-
-
-def _table_of(strategy: Any) -> LatencyTable | None:
-    """The strategy's latency table, loaded if it was given as a path."""
-    table = getattr(strategy, "latency_table", None)
-    if table is None or isinstance(table, LatencyTable):
-        return table
-    return LatencyTable.load(table)

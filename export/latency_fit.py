@@ -26,6 +26,7 @@ import torch.nn as nn
 from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
+from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.nas.cost import LatencyModel
 from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.hierarchy import Hierarchy
@@ -138,10 +139,20 @@ def plot_fit(spaces: dict[str, list[dict[str, Any]]], title: str) -> bytes:
 
 def check_predictor(out: str | Path, spaces: list[SpaceSpec] | None = None, networks: int = 12, seed: int = 0,
                     runtime: Runtime | None = None, batch: int = 1, repeats: int = 5,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure a table per space, time ``networks`` random derived networks of each, print and write the fit."""
-    runtime = runtime or Runtime()
-    out = Path(out)
+                    log: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
+    """Measure a table per space, time ``networks`` random derived networks of each, print and write the fit
+    (``out`` is a guarded output folder, claimed before any timing: another run's results need ``force``)."""
+    with OutputFolder(out, "latency fit", force=force) as folder:
+        report, per_space, title = _fit_spaces(spaces, networks, seed, runtime or Runtime(), batch, repeats, log)
+        write_json(folder.staged("latency_fit.json"), report)
+        write_atomic(folder.staged("latency_fit.png"), plot_fit(per_space, title))
+        folder.commit("latency_fit.json")
+    return report
+
+
+def _fit_spaces(spaces: list[SpaceSpec] | None, networks: int, seed: int, runtime: Runtime, batch: int,
+                repeats: int, log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The tables, the timed networks and the fit figures of every space (the report, its points, its title)."""
     per_space: dict[str, list[dict[str, Any]]] = {}
     tables = {}
     for spec in spaces or default_spaces():
@@ -167,9 +178,7 @@ def check_predictor(out: str | Path, spaces: list[SpaceSpec] | None = None, netw
               "overall": overall, "overall_additive": fit_figures(everything, "additive_ms"),
               "spaces": {k: {"fit": fit_figures(v), "fit_additive": fit_figures(v, "additive_ms"), "table": tables[k],
                              "networks": v} for k, v in per_space.items()}}
-    write_json(out / "latency_fit.json", report)
-    write_atomic(out / "latency_fit.png", plot_fit(per_space, title))
-    return report
+    return report, per_space, title
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--force", action="store_true", help="replace the results another check left in --out")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     report = check_predictor(args.out, networks=args.networks, seed=args.seed, batch=args.batch,
-                             runtime=Runtime(args.provider, args.threads, args.exporter), repeats=args.repeats)
+                             runtime=Runtime(args.provider, args.threads, args.exporter), repeats=args.repeats,
+                             force=args.force)
     return 0 if math.isfinite(report["overall"]["pearson_r"]) else 1
 
 

@@ -188,6 +188,7 @@ class LatencyModel:
         """The model of a :class:`~hmnas_nni.format.latency_table.LatencyTable`."""
         model = cls(supernet, hierarchy, table.costs, table.base_ms, table.scale, where)
         model.input_shape = list(table.input_shape)
+        model.table = table
         return model
 
     def __init__(self, supernet: nn.Module, hierarchy: Hierarchy, costs: Mapping[str, float], base_ms: float = 0.0,
@@ -205,6 +206,7 @@ class LatencyModel:
         self._gates = GateValues(self.items)
         self._weights: list[torch.Tensor] | None = None
         self.input_shape: list[int] | None = None
+        self.table: Any = None  # the LatencyTable this model was read from (set by :meth:`of`)
 
     def expected_ms(self) -> torch.Tensor:
         """Latency of the masked network (ms), with the masks' straight-through gradient."""
