@@ -14,11 +14,13 @@ import hmnas_nni
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Layer of every subpackage: a module may import its own layer and the ones below, never above.
-LAYERS = {"hmnas_nni.format": 0, "hmnas_nni.spaces": 1, "hmnas_nni.nas": 2, "hmnas_nni.search": 3,
+LAYERS = {"hmnas_nni.format": 0, "hmnas_nni.spaces": 1, "hmnas_nni.common": 2, "hmnas_nni.nas": 2,
+          "hmnas_nni.strategy": 3, "hmnas_nni.search": 3,
           "hmnas_nni.export": 4, "hmnas_nni.experiments": 4, "hmnas_nni.cli": 5}
 #: Where each subpackage lives in the checkout (pyproject's package-dir).
 FOLDERS = {"hmnas_nni.format": ROOT / "hmnas_nni" / "format", "hmnas_nni.spaces": ROOT / "search_spaces",
-           "hmnas_nni.nas": ROOT / "hmnas_nni" / "nas", "hmnas_nni.search": ROOT / "hmnas_nni" / "search",
+           "hmnas_nni.common": ROOT / "hmnas_nni" / "common", "hmnas_nni.nas": ROOT / "hmnas_nni" / "nas",
+           "hmnas_nni.strategy": ROOT / "hmnas_nni" / "strategy", "hmnas_nni.search": ROOT / "hmnas_nni" / "search",
            "hmnas_nni.export": ROOT / "export", "hmnas_nni.experiments": ROOT / "experiments",
            "hmnas_nni.cli": ROOT / "hmnas_nni" / "cli"}
 
