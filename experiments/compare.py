@@ -161,7 +161,8 @@ def search_config(plan: dict[str, Any], strategy: str, seed: int, folder: Path) 
 def run_compare(plan: dict[str, Any], log: Callable[[str], None] = print) -> int:
     """Run every (seed, strategy) search in its own process, then write the tables and plots; 0 if all ran."""
     with OutputFolder(plan["out"], "hmnas compare", force=plan["force"]) as folder:
-        folder.clear_previous()
+        folder.clear_previous(writes=("runs", "results.json", "results.csv", "table.md", "acc_vs_params.png",
+                                      "acc_vs_time.png"))
         out = folder.path
         log(f"compare: {plan['budget']} budget, space {plan['space']}, {plan['dataset']}, {plan['epochs']} epochs, "
             f"subset {plan['subset']}, seeds {plan['seeds']}, strategies {plan['strategies']} -> {out}")

@@ -251,7 +251,7 @@ def survey(out: str | Path, strategies: tuple[str, ...] = ("darts", "hmnas"), ep
     """Every space with every strategy, one after another in this process; writes the table and the plot into
     ``out`` together (a guarded output folder: another run's results are refused unless ``force``)."""
     with OutputFolder(out, "nni-spaces survey", force=force) as folder:
-        folder.clear_previous()
+        folder.clear_previous(writes=("experiments",))
         report = _survey(Path(out), strategies, epochs, spaces, command, log)
         write_json(folder.staged("spaces.json"), report)
         write_atomic(folder.staged("table.md"), table(report))

@@ -20,7 +20,8 @@ from .registry import (
 )
 
 __all__ = [
-    "SPACES", "SpaceError", "build_space", "data_args", "fit_input", "is_import_path", "space_factory",
+    "SPACES", "SpaceError", "allow_space", "build_space", "data_args", "document_space_factory", "fit_input",
+    "is_import_path", "register_space", "space_factory",
     "space_identity", "catalogue",
     "ProjectSpace", "ClassifierNet", "DartsSpace", "NasBench201Space", "MobileSpace",
 ]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hmnas_nni.format.errors import UsageError
 
+from .options import add_allow_space
+
 
 def add_retrain_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``hmnas retrain``."""
@@ -16,6 +18,7 @@ def add_retrain_parser(sub: argparse._SubParsersAction) -> None:
                     "report its accuracy on the dataset's held-out test set, write model.safetensors and metrics.json.",
     )
     p.add_argument("arch", help="architecture JSON written by `hmnas search`")
+    add_allow_space(p)
     p.add_argument("--dataset", required=True, help="digits, fashion-mnist or cifar10")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files (see `hmnas_nni.search.data`)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (0 only evaluates; default 10)")
@@ -62,6 +65,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
                     f"on random and real inputs (fp32 max abs diff <= {FP32_TOL:g}).",
     )
     p.add_argument("arch", help="architecture JSON (the arch.json beside the weights, from `hmnas retrain`)")
+    add_allow_space(p)
     p.add_argument("--weights", required=True, help="model.safetensors written by `hmnas retrain`")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -101,6 +105,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "write bench.json, bench.csv and bench.png.",
     )
     p.add_argument("arch", help="architecture JSON")
+    add_allow_space(p)
     p.add_argument("--weights", default=None, help="model.safetensors (default: random weights; speed is the same)")
     p.add_argument("--onnx", default=None, help="the model.onnx `hmnas export` wrote for ARCH (default: export now)")
     p.add_argument("--out", required=True, help="output folder")

@@ -64,6 +64,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _allow_spaces(args: argparse.Namespace) -> None:
+    """The spaces named with ``--allow-space``: the user trusts them in the documents this command reads."""
+    from hmnas_nni.spaces.registry import register_space
+
+    for name in getattr(args, "allow_space", None) or ():
+        register_space(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``hmnas`` command; its exit status."""
     try:
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
     try:
+        _allow_spaces(args)
         return int(args.func(args) or 0)
     except BaseException as e:  # noqa: BLE001 - sorted by the one table; anything unknown is re-raised
         known = classify(e)

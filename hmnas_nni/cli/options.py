@@ -42,6 +42,13 @@ def json_object(text: str) -> dict:
     return value
 
 
+def add_allow_space(parser: argparse.ArgumentParser) -> None:
+    """``--allow-space PATH``: a space an architecture file may name beyond the project's and NNI's hub spaces."""
+    parser.add_argument("--allow-space", action="append", metavar="IMPORT_PATH", default=None,
+                        help="trust the model space at this import path (pkg.module.Class) when an architecture file "
+                             "names it; the project's spaces and NNI's hub spaces need nothing (repeatable)")
+
+
 def _reader(name: str) -> Any:
     """The argparse ``type`` of field ``name``: its schema reader, with argparse's error class."""
 

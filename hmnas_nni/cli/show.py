@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_allow_space
+
 
 def add_show_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``hmnas show``."""
     p = sub.add_parser("show", help="print a derived architecture's cells and optionally draw them")
     p.add_argument("arch", help="arch.json written by `hmnas search`")
+    add_allow_space(p)
     p.add_argument("--png", default=None, help="also draw the cells to this PNG file")
     p.set_defaults(func=run_show)
 

@@ -1,1 +1,2 @@
-"""What several search systems share, once: architecture encodings of any NNI space, generators, surrogates and Pareto fronts."""
+"""What several search systems share, once: architecture encodings of any NNI space, generators, surrogates and
+Pareto fronts."""

@@ -125,10 +125,12 @@ class OutputFolder:
         self.staging: Path | None = None
         self._lock_fd: int | None = None
         self._files: dict[str, Any] | None = None
+        self._owned: set[str] = set()
         self._started = _now()
 
     # -- claim and release
     def __enter__(self) -> OutputFolder:
+        self._refuse_busy()  # first: a busy folder's advice is to wait, whatever it holds
         self._refuse_results()  # before the lock file exists: a refused run creates nothing
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -136,6 +138,7 @@ class OutputFolder:
             self._refuse_results()  # again under the lock: another run may have finished meanwhile
             self._remove_leftovers()
             self._files = read_manifest(self.path).get("files")
+            self._owned = owned_names(self.path)
             self._record("running")
             self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
         except OSError as e:
@@ -152,7 +155,8 @@ class OutputFolder:
                 stale.unlink(missing_ok=True)
 
     def _refuse_results(self) -> None:
-        """Refuse a folder holding another run's results, unless ``force`` or ``resume``."""
+        """Refuse a folder holding another run's results, unless ``force`` or ``resume``; ``force`` replaces only
+        what the manifest says the project wrote, never a file or folder of the user's."""
         self.previous = results_in(self.path)
         if self.previous and not (self.force or self.resume):
             self._unlock()
@@ -160,6 +164,12 @@ class OutputFolder:
             raise OutputExists(
                 f"{self.path} already holds another run's results ({shown}); pass a new --out folder, or "
                 "--force to replace those results as a whole (a stopped search continues with --resume)")
+        foreign = [n for n in self.previous if n != MANIFEST and n not in owned_names(self.path)]
+        if foreign:
+            self._unlock()
+            raise OutputExists(
+                f"{self.path} holds {', '.join(foreign)}, which no hmnas command wrote there ({MANIFEST} does not list "
+                "them); nothing was removed: pass a new --out folder, or move them away yourself")
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
@@ -174,15 +184,33 @@ class OutputFolder:
                 shutil.rmtree(self.staging, ignore_errors=True)
             self._unlock()
 
-    def _lock(self) -> None:
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    def _refuse_busy(self) -> None:
+        """Refuse a folder whose lock another run holds, without creating anything."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR)
+        except OSError:
+            return  # no lock file (or none we can open): nobody holds it, or the claim below says why
+        try:
+            self._flock(fd)
+        finally:
+            os.close(fd)  # closing releases the probe's own lock
+
+    def _flock(self, fd: int) -> None:
+        """Take the folder's lock on ``fd``, or refuse naming who holds it."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
             raise OutputBusy(f"{self.path} is being written by another run ({holder}); wait for it to end or pass "
                              "another --out") from None
+
+    def _lock(self) -> None:
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self._flock(fd)
+        except OutputBusy:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()}: {self.command}\n".encode(), 0)
         self._lock_fd = fd
@@ -198,17 +226,33 @@ class OutputFolder:
         assert self.staging is not None, "use the OutputFolder as a context manager"
         return self.staging / name
 
-    def clear_previous(self) -> None:
-        """Remove the old run's results as a whole (``force``), for commands that write progress in place."""
+    def clear_previous(self, writes: tuple[str, ...] = ()) -> None:
+        """Remove the old run's results as a whole (``force``), for commands that write progress in place; the
+        names in ``writes`` are claimed in the manifest before the command writes them there."""
         if self.force and not self.resume:
             self._remove(self.previous)
             self._files = None
             self.previous = []
+        self.owns(*writes)
+
+    def owns(self, *names: str) -> None:
+        """Record that this command writes ``names`` in place (so a later ``force`` may replace them), refusing a
+        name that already holds something the project did not write."""
+        new = [n for n in names if n not in self._owned]
+        foreign = [n for n in new if (self.path / n).is_symlink()
+                   or ((self.path / n).exists() and _holds_something(self.path / n))]
+        if foreign:
+            raise OutputExists(f"{self.path} holds {', '.join(foreign)}, which no hmnas command wrote there; "
+                               "nothing was overwritten: pass a new --out folder, or move them away yourself")
+        if new:
+            self._owned.update(new)
+            self._record("running")
 
     def commit(self, record: str) -> None:
         """Move every staged result in, ``record`` last, replacing the old set as a whole; then list them."""
         assert self.staging is not None
         names = sorted(n for n in os.listdir(self.staging) if n != record) + [record]
+        self.owns(*names)  # refuses, before anything moves, a name that holds something of the user's
         self._files = None
         self._record("committing")  # from here until the manifest lists the new set, the set reads as incomplete
         if self.force and not self.resume:
@@ -219,8 +263,8 @@ class OutputFolder:
                 shutil.rmtree(target)
             os.replace(self.staging / name, target)
         fsync_folder(self.path)
-        self._files = {n: {"sha256": sha256(self.path / n), "bytes": (self.path / n).stat().st_size}
-                       for n in names if (self.path / n).is_file()}
+        in_place = [n for n in sorted(self._owned) if n not in names and (self.path / n).is_file()]
+        self._files = _listing(self.path, names + in_place)
         self.previous = []
         self._record("finished")
 
@@ -241,4 +285,25 @@ class OutputFolder:
             last["ended"] = _now()
         if error:
             last["error"] = error
-        write_json(self.path / MANIFEST, {"format": "hmnas-manifest/1", "files": self._files, "last_run": last})
+        write_json(self.path / MANIFEST, {"format": "hmnas-manifest/1", "files": self._files,
+                                          "owned": sorted(self._owned), "last_run": last})
+
+
+def owned_names(folder: Path) -> set[str]:
+    """Top-level names the project wrote in ``folder``: those its manifest lists or claims."""
+    manifest = read_manifest(folder)
+    files = manifest.get("files") or {}
+    owned = manifest.get("owned") or []
+    return {str(n).split("/")[0] for n in files} | {str(n) for n in owned if isinstance(n, str)}
+
+
+def _listing(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """SHA-256 and size of every file of ``names`` in ``folder``, files inside folders by their relative path."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        top = folder / name
+        paths = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        for p in paths:
+            if p.is_file():
+                out[p.relative_to(folder).as_posix()] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    return out

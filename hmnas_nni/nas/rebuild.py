@@ -18,7 +18,7 @@ from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
 
 def space_of(arch: Architecture) -> nn.Module:
     """The model space ``arch`` was searched on, adapted to its input shape as the search adapted it."""
-    space = build_space(arch.space, **arch.space_args)
+    space = build_space(arch.space, document="the architecture", **arch.space_args)
     shape = input_shape_of(arch)
     return fit_input(space, tuple(shape)) if shape is not None else space
 

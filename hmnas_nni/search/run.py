@@ -98,6 +98,10 @@ def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
+#: What a search writes in its folder while it runs (checkpoints, logs, NNI's records, the status of a stopped run).
+IN_PLACE = ("checkpoints", "logs", "nni", "ranks", "metrics.json", "latency_table.json")
+
+
 def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None = None,
                extras: SearchExtras | None = None) -> SearchResult:
     """Run one search as configured; return its result (the final metrics are also in ``out/metrics.json``).
@@ -122,7 +126,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     inputs = search_inputs(config)
     with _claim(config) as folder:
         if folder is not None:
-            folder.clear_previous()
+            folder.clear_previous(writes=IN_PLACE)
             _measure_latency_table(config, inputs, extras)
         run = _prepare(config, inputs, extras, on_epoch_end, resume_from, saved_epoch)
         try:
