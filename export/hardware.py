@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.derive import derive_network
 
 from .family import family
@@ -36,6 +37,11 @@ class HardwareExtras:
         latency_table_for(supernet, strategy.hierarchy, input_shape, path,
                           timer=Timer(self.runtime, repeats=self.repeats))
 
+    def check(self, config: Any) -> None:
+        """A given table must be one this machine can measure the derived network and the family on."""
+        if config.latency_table is not None:
+            runtime_of(LatencyTable.load(config.latency_table))
+
     def finish(self, result: Any, config: Any, inputs: Any, staging: Path) -> dict[str, Any]:
         """The target check (``latency`` in the final metrics) and the family (``family/`` and its summary)."""
         strategy = result.strategy
@@ -55,4 +61,8 @@ class HardwareExtras:
                           val_data=inputs.val, timer=timer, out=staging / "family")
             final["family"] = [{k: r[k] for k in ("rank", "val_acc", "predicted_ms", "measured_ms", "params",
                                                    "flops")} for r in rows]
+            final["family_requested"] = config.family
+            if len(rows) < config.family:
+                _logger.warning("family: %d networks asked for, the learned scores give %d distinct nested "
+                                "networks; family/ holds those %d", config.family, len(rows), len(rows))
         return final

@@ -29,6 +29,7 @@ import torch.nn as nn
 from hmnas_nni.spaces.registry import space_identity
 
 from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.format.files import check_writable
 from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
 from hmnas_nni.nas.cost import CostItem, LatencyModel, cost_items
 from hmnas_nni.nas.derive import derive_network
@@ -414,9 +415,12 @@ def latency_table_for(supernet: nn.Module, hierarchy: Hierarchy, input_shape: tu
     with the mismatch named); else measure it here and save it there."""
     runtime = (timer.runtime if timer else runtime) or Runtime()
     path = Path(path)
+    if path.is_dir():
+        raise LatencyTableError(f"{path} is a folder; pass the table's file path, e.g. {path / 'latency_table.json'}")
     if path.exists():
         table = LatencyTable.load(path, **expected_fields(supernet, input_shape, batch, runtime))
     else:
+        check_writable(path)  # before minutes of measuring
         table = measure_table(supernet, hierarchy, input_shape, batch, runtime, timer)
         table.save(path)
     LatencyModel.of(supernet, hierarchy, table, where=f"latency table {path}")  # it lists this supernet's candidates
@@ -457,7 +461,8 @@ def runtime_of(table: LatencyTable) -> Runtime:
     rt = Runtime(table.runtime["provider"], table.runtime["threads"], table.runtime["exporter"])
     problem = table.mismatch(runtime=rt.describe(), device=rt.device())
     if problem:
-        raise LatencyTableError(f"this machine cannot measure on the table's runtime: the table {problem}")
+        raise LatencyTableError(f"this machine cannot measure on the table's runtime: the table {problem}; measure "
+                                "a table here (`hmnas latency`, or leave the table out to measure one) and pass it")
     return rt
 
 

@@ -45,11 +45,11 @@ def as_known(e: BaseException) -> BaseException:
         return describe_os_error(e) or e
     if any(sign in str(e) for sign in ("No space left on device", "StorageFull")):  # raised by C++/Rust writers
         return ResourceError(f"no space left on the device ({str(e).splitlines()[0][:160]}); free some space or pass "
-                             "an --out on another disk")
+                             "an output folder on another disk")
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
             isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return ResourceError(f"out of memory ({first}); lower --batch-size or the space's channels in --space-args")
+        return ResourceError(f"out of memory ({first}); lower the batch size or the space's channels (space arguments)")
     if isinstance(e, KeyboardInterrupt) and not hasattr(e, "signum"):
         from hmnas_nni.format.errors import Interrupted
 

@@ -19,9 +19,12 @@ def add_show_parser(sub: argparse._SubParsersAction) -> None:
 def run_show(args: argparse.Namespace) -> int:
     """Validate the architecture against its space, print it, draw it if asked."""
     from hmnas_nni.format.architecture import Architecture
+    from hmnas_nni.format.outputs import check_file_output, is_png
     from hmnas_nni.search.derive import check_architecture
     from hmnas_nni.search.plot import describe, plot_architecture
 
+    if args.png:
+        check_file_output(args.png, "--png", "PNG image", is_png)
     arch = check_architecture(Architecture.load(args.arch))
     print(describe(arch))
     if args.png:

@@ -53,12 +53,12 @@ def describe_os_error(e: OSError) -> BaseException | None:
     """A full disk or a folder that cannot be written, as a one-line error naming the file; else None."""
     where = e.filename if e.filename is not None else "a file"
     if e.errno in NO_SPACE:
-        return ResourceError(f"no space left on the device while writing {where}; free some space or pass an "
-                             "--out on another disk (the results written before this stay as they were)")
+        return ResourceError(f"no space left on the device while writing {where}; free some space or write to a "
+                             "folder on another disk (the results written before this stay as they were)")
     if e.errno in NOT_WRITABLE:
         home = os.path.expanduser("~")
         if e.filename is not None and os.path.abspath(str(e.filename)).startswith(home.rstrip("/") + "/"):
             return UsageError(f"cannot write {where}: {os.strerror(e.errno)}; NNI keeps a list of experiments in "
                               "~/nni-experiments: make HOME writable, or set HOME to a folder you can write to")
-        return UsageError(f"cannot write {where}: {os.strerror(e.errno)}; pass an --out folder you can write to")
+        return UsageError(f"cannot write {where}: {os.strerror(e.errno)}; choose an output path you can write to")
     return None

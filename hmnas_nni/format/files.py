@@ -105,3 +105,19 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before the work that produces it, a file path whose folder cannot be created or written."""
+    from .errors import describe_os_error
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise (describe_os_error(e) or e) from None

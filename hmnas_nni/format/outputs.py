@@ -21,12 +21,13 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .errors import UsageError, describe_os_error, interruption_in
-from .files import fsync_folder, sha256, write_json
+from .files import check_writable, fsync_folder, sha256, write_json
 
 _logger = logging.getLogger(__name__)
 
@@ -58,6 +59,28 @@ def check_out_path(out: str | os.PathLike | None) -> Path:
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path} is a file, not a folder; pass a folder path for the results")
     return path
+
+
+def check_file_output(path: str | os.PathLike, option: str, kind: str, is_kind: Callable[[Path], bool]) -> Path:
+    """A single-file output path (``option`` names it in errors) that may replace only a file of the same ``kind``
+    which no run's manifest lists; its folder must be writable. Checked before the work that writes it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; pass the path of the {kind} file to write")
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() or not is_kind(path):
+            raise UsageError(f"{option} {path} exists and is not a {kind}; nothing was overwritten: pass a new path")
+        if path.name in (read_manifest(path.parent).get("files") or {}):
+            raise UsageError(f"{option} {path} is one of the results in {path.parent} ({MANIFEST} lists it); "
+                             "nothing was overwritten: pass a path outside that folder")
+    check_writable(path)
+    return path
+
+
+def is_png(path: Path) -> bool:
+    """Whether ``path`` starts with the PNG signature."""
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def results_in(folder: Path) -> list[str]:

@@ -40,8 +40,26 @@ def network_from_architecture(arch: Architecture, weights: Mapping[str, torch.Te
         load_network_weights(supernet, weights, where)
     _record_edge_shapes(supernet, arch)
     net = derive_network(supernet, arch)
+    _check_keeps_a_path(net, arch)
     net.train()
     return net
+
+
+def _check_keeps_a_path(net: nn.Module, arch: Architecture) -> None:
+    """Refuse a network whose output is the same for every input: the document removed every path through a cell
+    (the search's rules never do; a hand-edited or foreign file can)."""
+    shape = input_shape_of(arch)
+    if shape is None:
+        return
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(2, *shape, generator=generator)
+    net.eval()
+    with torch.no_grad():
+        out = net(inputs)
+    if isinstance(out, torch.Tensor) and torch.equal(out[0], out[1]):
+        raise ArchitectureError(f"architecture for space {arch.space!r} removes every path from the input to the "
+                                "output (its network gives the same output for every input); a cell must keep a "
+                                "path: keep at least one op on an edge of each path, as `hmnas search` does")
 
 
 def input_shape_of(arch: Architecture) -> list[int] | None:

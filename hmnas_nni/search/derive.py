@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from hmnas_nni.format.architecture import Architecture, ChoiceSpec
-from hmnas_nni.nas.rebuild import derived_of, network_from_architecture, space_of
+from hmnas_nni.nas.rebuild import derived_of, network_from_architecture
 from hmnas_nni.nas.samples import architecture_of
 from hmnas_nni.spaces import catalogue as space_catalogue
 
@@ -36,8 +36,10 @@ def derived_network(arch: Architecture, weights: nn.Module | Mapping[str, torch.
 
 
 def check_architecture(arch: Architecture) -> Architecture:
-    """``arch`` validated against its own space's choices (unknown ops, labels, inputs, values)."""
-    return arch.validate(catalogue(space_of(arch)))
+    """``arch`` validated against its own space's choices (unknown ops, labels, inputs, values) and built once (a cell
+    keeps a path from the input to the output)."""
+    network_from_architecture(arch)
+    return arch
 
 
 def candidate_ops(space: nn.Module) -> int:

@@ -67,6 +67,9 @@ class SearchExtras(Protocol):
     def latency_table(self, space: torch.nn.Module, input_shape: list[int], path: Path) -> None:
         """Measure the latency table of ``space`` (not yet a supernet) for inputs of ``input_shape`` into ``path``."""
 
+    def check(self, config: SearchConfig) -> None:
+        """Refuse, before any training, what :meth:`finish` could not do (a table whose runtime is not here)."""
+
     def finish(self, result: SearchResult, config: SearchConfig, inputs: SearchInputs,
                staging: Path) -> dict[str, Any]:
         """Write more results into ``staging`` (committed with the rest); metrics to add to the final ones."""
@@ -122,6 +125,8 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         resume_from, _saved, done = check_resumable(asdict(config), config.resume)
         saved_epoch = done - 1
         _logger.info("resuming from %s after %d finished epoch(s)", resume_from, done)
+    if extras is not None and _needs_extras(config):
+        extras.check(config)
     seed_everything(config.seed)
     inputs = search_inputs(config)
     with _claim(config) as folder:
