@@ -334,6 +334,7 @@ def count_flops(model: Any, shape: tuple[int, int, int]) -> int:
 def ort_latency(model: Any, shape: tuple[int, int, int], path: Path) -> dict[str, Any]:
     """ONNX Runtime CPU latency at batch 1 (median of >= 200 runs, 1 intra-op thread), via the export package."""
     import numpy as np
+
     from hmnas_nni.export.bench import time_runs
     from hmnas_nni.export.onnx_export import export_onnx, ort_session
 

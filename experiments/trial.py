@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from hmnas_nni.export.hardware import HardwareExtras
-
 from hmnas_nni.format.errors import UsageError
 from hmnas_nni.search.config import SearchConfig, coerce, field_types
 from hmnas_nni.search.monitor import PHASES, phase_code

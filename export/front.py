@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from hmnas_nni.spaces import build_space
 from nni.mutable import Categorical
 from nni.mutable.symbol import SymbolicExpression
 from nni.nas.evaluator.pytorch import Classification, DataLoader
@@ -44,6 +43,7 @@ from hmnas_nni.nas.samples import architecture_of
 from hmnas_nni.nas.strategy import HMNAS
 from hmnas_nni.search.data import load_dataset, search_splits
 from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
+from hmnas_nni.spaces import build_space
 
 from .family import family
 from .latency import Runtime, Timer, runtime_of, table_for_space

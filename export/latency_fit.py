@@ -50,8 +50,9 @@ class SpaceSpec:
 
 def default_spaces() -> list[SpaceSpec]:
     """The project's nb201 and mobile spaces and NNI's hub ProxylessNAS, at sizes a 2-core CPU times in minutes."""
-    from hmnas_nni.spaces import build_space
     from nni.nas.hub.pytorch import ProxylessNAS
+
+    from hmnas_nni.spaces import build_space
 
     return [
         SpaceSpec("nb201", lambda: build_space("nb201", channels=16, input_size=32, in_channels=3), (3, 32, 32),

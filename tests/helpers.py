@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hmnas_nni.spaces as search_spaces
 import torch
 import torch.nn as nn
 
+import hmnas_nni.spaces as search_spaces
 from hmnas_nni import HMNAS
 from hmnas_nni.nas.samples import architecture_from_export
 from hmnas_nni.search.config import TINY_SPACE_ARGS

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from hmnas_nni.spaces import catalogue
 
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from hmnas_nni.nas.samples import architecture_from_nni
+from hmnas_nni.spaces import catalogue
 from tests.helpers import export, hmnas_supernet, random_masks, tiny_space
 
 

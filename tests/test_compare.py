@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hmnas_nni.experiments.compare import ALL_STRATEGIES, make_plan
-from hmnas_nni.experiments.compare_report import NUMERIC_FIELDS
 from safetensors.torch import load_file
 
 from hmnas_nni.cli.main import main as hmnas_main
+from hmnas_nni.experiments.compare import ALL_STRATEGIES, make_plan
+from hmnas_nni.experiments.compare_report import NUMERIC_FIELDS
 
 
 def _enas_importable() -> bool:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import csv
 import json
 
-import hmnas_nni.export as export
 import pytest
 import timm
 import torch
-from hmnas_nni.export.sample import SMOKE_ARGS, smoke_architecture
-from hmnas_nni.spaces import build_space
 from safetensors.torch import load_file, save_file
 
+import hmnas_nni.export as export
 from hmnas_nni.cli.main import main as hmnas_main
+from hmnas_nni.export.sample import SMOKE_ARGS, smoke_architecture
 from hmnas_nni.search.data import load_dataset
+from hmnas_nni.spaces import build_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
-import hmnas_nni.export as export
 import numpy as np
 import onnx
 import pytest
 import timm
 import torch
+
+import hmnas_nni.export as export
+from hmnas_nni.cli.main import main as hmnas_main
 from hmnas_nni.export.onnx_export import (
     FP32_TOL,
     ExportError,
@@ -20,8 +22,6 @@ from hmnas_nni.export.onnx_export import (
     ort_session,
 )
 from hmnas_nni.export.sample import smoke_architecture
-
-from hmnas_nni.cli.main import main as hmnas_main
 
 SPACES = ("nb201", "darts", "mobile")
 

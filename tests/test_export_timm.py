@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-import hmnas_nni.export as export
 import pytest
 import timm
 import torch
-from hmnas_nni.export.hmnas_timm import ARCH_DIR, HmnasNet, WeightsError, registered_architectures
-from hmnas_nni.export.sample import smoke_architecture
 from timm.data import resolve_data_config
 
+import hmnas_nni.export as export
+from hmnas_nni.export.hmnas_timm import ARCH_DIR, HmnasNet, WeightsError, registered_architectures
+from hmnas_nni.export.sample import smoke_architecture
 from hmnas_nni.format.architecture import ArchitectureError
 
 SPACES = ("nb201", "darts", "mobile")

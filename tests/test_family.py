@@ -9,19 +9,19 @@ import warnings
 
 import pytest
 import torch
-from hmnas_nni.export.family import family
-from hmnas_nni.export.latency import Runtime, Timer, check_latency_target, measure_table, traced_supernet
-from hmnas_nni.spaces import build_space
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
 from hmnas_nni import HMNAS
+from hmnas_nni.export.family import family
+from hmnas_nni.export.latency import Runtime, Timer, check_latency_target, measure_table, traced_supernet
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.nas.cost import LatencyModel
 from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.family import family_members, member_state
 from hmnas_nni.nas.levels import kept_entries
 from hmnas_nni.search.data import load_dataset, search_splits
+from hmnas_nni.spaces import build_space
 
 warnings.filterwarnings("ignore")
 ARGS = {"channels": 4, "input_size": 8}

@@ -11,6 +11,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+from hmnas_nni import HMNAS
 from hmnas_nni.export.latency import (
     Runtime,
     Timer,
@@ -19,9 +22,6 @@ from hmnas_nni.export.latency import (
     measure_table,
     table_for_space,
 )
-from nni.nas.nn.pytorch import LayerChoice, ModelSpace
-
-from hmnas_nni import HMNAS
 from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
 from hmnas_nni.nas.cost import LatencyModel, cost_items
 from hmnas_nni.nas.lightning import HMNASLightningModule

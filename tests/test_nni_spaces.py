@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hmnas_nni.experiments.nni_spaces import CellNet, CustomOpNet, LayerChoiceNet, MixedChoiceNet
-from hmnas_nni.export.onnx_export import export_onnx, ort_session
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.hub.pytorch import DARTS, ENAS, NasBench201
@@ -19,6 +17,8 @@ from nni.nas.nn.pytorch import MutableModule
 from torch.utils.data import TensorDataset
 
 from hmnas_nni import HMNAS
+from hmnas_nni.experiments.nni_spaces import CellNet, CustomOpNet, LayerChoiceNet, MixedChoiceNet
+from hmnas_nni.export.onnx_export import export_onnx, ort_session
 from hmnas_nni.search.data import load_dataset, search_splits
 
 warnings.filterwarnings("ignore")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import math
 
-import hmnas_nni.export  # noqa: F401  (registers the hmnas models)
 import pytest
 import timm
 import timm.optim
 import torch
 from timm.models import create_feature_extractor, group_parameters
+
+import hmnas_nni.export  # noqa: F401  (registers the hmnas models)
 
 MODELS = timm.list_models("hmnas*")
 FEATURE_CLASSES = ("getter", "hook", "fx")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hmnas_nni.experiments import trial
 
 from hmnas_nni.cli.errors import EXIT_BAD_INPUT
 from hmnas_nni.cli.main import build_parser
 from hmnas_nni.cli.main import main as hmnas_main
 from hmnas_nni.cli.options import given_values
+from hmnas_nni.experiments import trial
 from hmnas_nni.search.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hmnas_nni.experiments.nni_spaces import WidthNet, rgb_digits
-from hmnas_nni.export.onnx_export import export_onnx, ort_session
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.hub.pytorch import MobileNetV3Space, ProxylessNAS, ShuffleNetSpace
 
 from hmnas_nni import HMNAS
+from hmnas_nni.experiments.nni_spaces import WidthNet, rgb_digits
+from hmnas_nni.export.onnx_export import export_onnx, ort_session
 from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.samples import architecture_from_export
 from hmnas_nni.nas.supermodules import ValueMasks
