@@ -62,6 +62,27 @@ def _arch_key(arch: Architecture) -> dict[str, Any]:
     return {"space": arch.space, "space_args": args, "ops": arch.ops, "inputs": arch.inputs}
 
 
+def _difference(weights: dict[str, Any], given: dict[str, Any]) -> str:
+    """The first place two architecture keys differ, as a phrase naming both sides."""
+    for field in ("space", "space_args"):
+        if weights[field] != given[field]:
+            return f"{field}: weights {weights[field]!r}, architecture {given[field]!r}"
+    for field in ("ops", "inputs"):
+        for label in sorted(set(weights[field]) | set(given[field])):
+            mine, theirs = weights[field].get(label), given[field].get(label)
+            if mine != theirs:
+                return f"at {label!r}: weights keep {_kept(mine)}, architecture keeps {_kept(theirs)}"
+    return "same choices"
+
+
+def _kept(entries: Any) -> str:
+    """The entries kept at one label with their weights, e.g. ``[conv_3x3 0.44, skip_connect 0.56]``."""
+    if entries is None:
+        return "no such choice"
+    names = [f"{e.get('op', e.get('input'))} {e.get('weight', 1.0):.3g}" for e in entries]
+    return "[" + ", ".join(names) + "]"
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map plain derived-network keys onto :class:`HmnasNet` keys and reject weights of another architecture."""
     check_weights(state_dict, "pretrained weights", WeightsError)
@@ -113,9 +134,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
             saved = None
         if saved is not None and _arch_key(saved) != _arch_key(model.arch):
             raise WeightsError(
-                f"weights file {path} was written for another architecture (space {saved.space!r}, "
-                f"{saved.ops_kept()} ops kept) than the one given (space {model.arch.space!r}, "
-                f"{model.arch.ops_kept()} ops kept); pass the arch.json from the same run as the weights"
+                f"weights file {path} was written for another architecture than the one given "
+                f"({_difference(_arch_key(saved), _arch_key(model.arch))}); pass the arch.json from the same run "
+                "as the weights"
             )
     sd = checkpoint_filter_fn(sd, model) if any(not k.startswith(("body.", "classifier.")) for k in sd) else sd
     check_state_dict(model, sd, f"weights in {path}")

@@ -135,6 +135,7 @@ def export_cmd(*extra: str) -> list[str]:
 def smoke_weights(path: Path) -> Path:
     """Weights of the smoke architecture as `hmnas retrain` writes them (random, but a network's)."""
     import timm
+
     from hmnas_nni.export import save_weights
 
     save_weights(timm.create_model("hmnas", arch=str(SMOKE_ARCH)), path)
@@ -187,6 +188,77 @@ def truncated_supernet(tmp: Path) -> Path:
     path = safetensors(folder / "supernet.safetensors", derived_state(SMOKE_ARCH))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return folder
+
+
+def evil_arch(tmp: Path) -> Path:
+    """An architecture whose space is ``os.system``: building it as code would create the sentinel file."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "evil.json"
+    path.write_text(json.dumps({"format": "hmnas-architecture/2", "space": "os.system",
+                                "space_args": {"command": f"touch {tmp / SENTINEL}"}, "ops": {}}))
+    return path
+
+
+def no_path_arch(tmp: Path) -> Path:
+    """The smoke architecture with every edge removed (no path from the input to the output)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    return arch_with(tmp, lambda doc: doc.update(ops={label: [] for label in doc["ops"]}))
+
+
+USER_MODULE = """\
+import torch.nn as nn
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+
+class NeedsWidth(ModelSpace):
+    def __init__(self, width: int, num_classes: int = 10):
+        super().__init__()
+        self.op = LayerChoice([nn.Identity(), nn.Identity()], label="op")
+
+
+class Asserts(ModelSpace):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        assert num_classes % 3 == 0, "num_classes must be a multiple of 3"
+"""
+
+
+def user_modules(tmp: Path) -> None:
+    """A user's space module (in the working folder, so importable) and one that fails as it is imported."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "userspaces.py").write_text(USER_MODULE)
+    (tmp / "brokenspaces.py").write_text("import os\nraise RuntimeError('cannot find my config')\n")
+
+
+def other_machine_table(tmp: Path) -> Path:
+    """A latency table of nb201 measured on another machine (another CPU): fine to read, not to measure on."""
+    from hmnas_nni.export.latency import Runtime
+    from hmnas_nni.format.latency_table import LatencyTable
+
+    runtime = Runtime()
+    table = LatencyTable(space="nb201", space_args={"channels": 4}, input_shape=[1, 8, 8], batch=1,
+                         runtime=runtime.describe(), device={**runtime.device(), "name": "another CPU"}, costs={},
+                         base_ms=0.1, full_ms=0.2)
+    tmp.mkdir(parents=True, exist_ok=True)
+    return table.save(tmp / "table.json")
+
+
+def user_folders(out: Path) -> None:
+    """The user's own runs/ and logs/ in the folder given as --out."""
+    for name in ("runs/old/notes.txt", "logs/today.txt"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("the user's own file")
+
+
+def weights_of_other_arch(tmp: Path) -> None:
+    """Weights of the smoke architecture, beside the same architecture with one op weight changed."""
+    smoke_weights(tmp / "w.safetensors")
+
+    def change(doc: dict) -> None:
+        label = next(k for k, v in doc["ops"].items() if v)
+        doc["ops"][label][0]["weight"] = 0.25
+
+    arch_with(tmp, change)
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -335,6 +407,42 @@ CASES = [
     Case("bench-into-results", ["bench", str(SMOKE_ARCH), "--out", "{out}", "--quick"],
          "already holds another run's results"),
     Case("compare-into-results", ["compare", "--out", "{out}"], "already holds another run's results"),
+    # -- no file runs code, nothing of the user's is deleted or overwritten, everything checked before the work
+    *[Case(f"{cmd}-arch-names-code", [cmd, "{tmp}/evil.json", *rest], "which is not an allowed space",
+           setup=lambda tmp, out: evil_arch(tmp))
+      for cmd, rest in (("show", []),
+                        ("retrain", ["--dataset", "digits", "--epochs", "0", "--out", "{out}", "--force"]),
+                        ("export", ["--weights", "{tmp}/w.safetensors", "--out", "{out}", "--force"]),
+                        ("bench", ["--out", "{out}", "--quick", "--force"]))],
+    Case("show-png-over-an-architecture", ["show", str(SMOKE_ARCH), "--png", "{out}/arch.json"],
+         "exists and is not a PNG image; nothing was overwritten"),
+    Case("show-png-unwritable", ["show", str(SMOKE_ARCH), "--png", "{out}/arch.json/cells.png"],
+         "choose an output path you can write to"),
+    Case("force-keeps-the-users-folders", search("--force"), "which no hmnas command wrote there",
+         setup=lambda tmp, out: user_folders(out)),
+    Case("table-of-another-machine-with-target", search("--latency-table", "{tmp}/table.json", "--latency-target", "1",
+                                                        "--out", "{tmp}/fresh"),
+         "cannot measure on the table's runtime", setup=lambda tmp, out: other_machine_table(tmp)),
+    Case("latency-out-a-folder", ["latency", "--space-args", '{"channels": 4}', "--out", "{out}"],
+         "is a folder; pass the table's file path"),
+    Case("latency-out-unwritable", ["latency", "--space-args", '{"channels": 4}', "--out", "/sys/hmnas-table.json"],
+         "cannot write /sys/hmnas-table.json"),
+    Case("show-arch-without-a-path", ["show", "{tmp}/arch.json"], "removes every path from the input to the output",
+         setup=lambda tmp, out: no_path_arch(tmp)),
+    Case("retrain-arch-without-a-path", ["retrain", "{tmp}/arch.json", "--dataset", "digits", "--epochs", "1",
+                                         "--out", "{out}", "--force"],
+         "removes every path from the input to the output", setup=lambda tmp, out: no_path_arch(tmp)),
+    Case("space-needs-an-argument", search("--space", "userspaces.NeedsWidth", "--space-args", "{}"),
+         "space 'userspaces.NeedsWidth' needs argument(s) ['width']", setup=lambda tmp, out: user_modules(tmp)),
+    Case("space-constructor-fails", search("--space", "userspaces.Asserts", "--space-args", "{}"),
+         "userspaces.py:13: AssertionError: num_classes must be a multiple of 3",
+         setup=lambda tmp, out: user_modules(tmp)),
+    Case("space-module-fails-to-import", search("--space", "brokenspaces.Space", "--space-args", "{}"),
+         "importing your module 'brokenspaces' failed at", setup=lambda tmp, out: user_modules(tmp)),
+    Case("export-weights-of-another-arch", ["export", "{tmp}/arch.json", "--weights", "{tmp}/w.safetensors",
+                                            "--out", "{out}", "--force"],
+         "written for another architecture than the one given (at 'cell/",
+         setup=lambda tmp, out: weights_of_other_arch(tmp)),
 ]
 
 

@@ -109,7 +109,7 @@ def sha256(path: str | os.PathLike) -> str:
 
 def check_writable(path: str | os.PathLike) -> None:
     """Refuse, before the work that produces it, a file path whose folder cannot be created or written."""
-    from .errors import describe_os_error
+    from .errors import UsageError, describe_os_error
 
     path = Path(path)
     try:
@@ -118,6 +118,6 @@ def check_writable(path: str | os.PathLike) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        if e.filename is None:
-            e.filename = str(path)
-        raise (describe_os_error(e) or e) from None
+        e.filename = str(path)
+        raise describe_os_error(e) or UsageError(f"cannot write {path}: {e.strerror}; choose an output path you can "
+                                                 "write to") from None
