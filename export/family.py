@@ -5,6 +5,7 @@ member and ``family.png`` (accuracy against measured latency)."""
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 
 from .latency import Runtime, Timer, runtime_of
+
+_logger = logging.getLogger(__name__)
 
 
 def flops(net: nn.Module, input_shape: list[int] | tuple[int, ...]) -> int:
@@ -65,6 +68,9 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
         timer.time_all()
         for row, graph in zip(rows, graphs):
             row["measured_ms"] = timer.ms(graph)
+    if k is not None and len(rows) < k:
+        _logger.warning("family: %d networks asked for; the learned scores give %d distinct nested networks, all "
+                        "of them returned", k, len(rows))
     if out is not None:
         write_family(out, rows, table)
     return rows

@@ -62,7 +62,4 @@ class HardwareExtras:
             final["family"] = [{k: r[k] for k in ("rank", "val_acc", "predicted_ms", "measured_ms", "params",
                                                    "flops")} for r in rows]
             final["family_requested"] = config.family
-            if len(rows) < config.family:
-                _logger.warning("family: %d networks asked for, the learned scores give %d distinct nested "
-                                "networks; family/ holds those %d", config.family, len(rows), len(rows))
         return final

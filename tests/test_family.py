@@ -73,6 +73,14 @@ def test_the_family_is_nested_ordered_measured_and_written(searched, tmp_path):
     assert (tmp_path / "family.json").is_file() and (tmp_path / "family.png").stat().st_size > 0
 
 
+def test_asking_for_more_members_than_exist_says_so(searched, caplog):
+    _, strategy, table, _ = searched
+    with caplog.at_level("WARNING", logger="hmnas_nni"):
+        rows = family(strategy.supernet, strategy.hierarchy, 1000, table=table, measure=False)
+    assert 1 <= len(rows) < 1000
+    assert f"1000 networks asked for; the learned scores give {len(rows)} distinct nested networks" in caplog.text
+
+
 def test_each_member_has_no_gap_against_the_supernet_at_its_level(searched):
     _, strategy, table, data = searched
     supernet = strategy.supernet
@@ -140,6 +148,9 @@ def test_hmnas_search_with_a_latency_target_writes_the_measured_family(tmp_path,
     assert final["latency"]["met"] and final["latency"]["measured_ms"] > 0 and final["predicted_ms"] > 0
     members = json.loads((out / "family" / "family.json").read_text())["members"]
     assert 2 <= len(members) <= 3 and final["family"] == [{k: m[k] for k in final["family"][0]} for m in members]
+    assert final["family_requested"] == 3
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"family/family.json", "family/member_0/arch.json", "arch.json", "metrics.json"} <= set(listed)
     for bigger, smaller in zip(members, members[1:]):
         assert all(set(smaller["kept"][k]) <= set(bigger["kept"][k]) for k in bigger["kept"])  # nested
         assert smaller["predicted_ms"] <= bigger["predicted_ms"]  # ordered by latency

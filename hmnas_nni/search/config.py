@@ -187,7 +187,7 @@ def _check_hardware(c: SearchConfig) -> None:
                          f"--strategy {c.strategy}'s; drop them or pass --strategy hmnas")
     if c.latency_target is not None:
         _finite(c, "latency_target", 0.0, True, "it is the latency budget in milliseconds")
-    _finite(c, "latency_weight", 0.0, False, "it weighs the latency-target term (default 1)")
+    _finite(c, "latency_weight", 0.0, False, f"it weighs the latency-target term (default {DEFAULTS.latency_weight})")
     if c.family is not None and (not _is_int(c.family) or c.family < 1):
         raise UsageError(f"family must be an integer >= 1 (networks), got {c.family!r}")
     if c.latency_table is not None:
