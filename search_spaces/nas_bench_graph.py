@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,12 +125,12 @@ def architecture(sample: Mapping[str, Any]) -> tuple[list[int], list[str]]:
         raise UsageError(f"sample {dict(sample)} lacks {', '.join(missing)}; a NAS-Bench-Graph sample has "
                          f"{LINK_LABEL} and {', '.join(OP_LABELS)}")
     link, ops = values[LINK_LABEL], [values[label] for label in OP_LABELS]
-    if not isinstance(link, int) or not 0 <= link < len(link_list):
+    if not isinstance(link, numbers.Integral) or isinstance(link, bool) or not 0 <= link < len(link_list):
         raise UsageError(f"sample link {link!r} is not a pattern index; use 0..{len(link_list) - 1} (link_list)")
     wrong = [op for op in ops if op not in gnn_list]
     if wrong:
         raise UsageError(f"sample operations {wrong} are not NAS-Bench-Graph's; use {', '.join(gnn_list)}")
-    return list(link_list[link]), ops
+    return list(link_list[int(link)]), ops
 
 
 def architecture_key(sample: Mapping[str, Any]) -> int:
