@@ -9,6 +9,7 @@ architecture in the header), ``metrics.json`` (held-out test accuracy and the ru
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import sys
@@ -25,6 +26,7 @@ from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.errors import UsageError
 from hmnas_nni.format.files import sha256, write_json
 from hmnas_nni.format.outputs import OutputFolder, verify_results
+from hmnas_nni.format.progress import on_terminal
 from hmnas_nni.format.weights import check_weights
 
 from .derived_model import derived_model, is_timm_model
@@ -33,6 +35,8 @@ from .hmnas_timm import HmnasNet, resolve_architecture, save_weights
 OUTPUTS = ("model.safetensors", "metrics.json", "arch.json", "config.json")
 SUPERNET_FILES = ("supernet.safetensors", "supernet.ckpt", "supernet.pt", "supernet.pth")
 OPTIMIZERS = ("sgd", "adamw")
+
+_logger = logging.getLogger(__name__)
 
 
 class RetrainError(UsageError):
@@ -255,6 +259,9 @@ def _train(model: nn.Module, train: TensorDataset, s: RetrainSettings, dev: torc
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen})
+        if isinstance(bar, _NoBar) and progress:
+            _logger.info("retrain epoch %d/%d: train loss %.4f, train accuracy %.4f", epoch + 1, s.epochs,
+                         loss_sum / seen, correct / seen)
     bar.close()
     return history
 
@@ -303,7 +310,7 @@ class _NoBar:
 
 def _progress(total: int, enabled: bool) -> Any:
     """A tqdm bar over all training steps, or a silent stand-in."""
-    if not enabled or total == 0:
+    if not enabled or total == 0 or not on_terminal():
         return _NoBar()
     from tqdm.auto import tqdm
 

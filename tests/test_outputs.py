@@ -66,8 +66,9 @@ def strict(path: Path) -> object:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("outputs") / "search"
-    done = run(*TINY, "--out", str(out))
+    done = run(*[a for a in TINY if a != "--no-progress"], "--out", str(out))  # progress asked, log not a terminal
     assert done.returncode == 0, done.stderr[-3000:]
+    (out.parent / "search.log").write_text(done.stderr)
     return out
 
 
@@ -75,9 +76,20 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def retrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("outputs") / "retrain"
     done = run("retrain", str(SMOKE_ARCH), "--dataset", "digits", "--epochs", "1", "--limit-train", "256",
-               "--no-progress", "--out", str(out))
+               "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
+    (out.parent / "retrain.log").write_text(done.stderr)
     return out
+
+
+def test_a_log_that_is_not_a_terminal_gets_one_line_per_epoch(searched: Path, retrained: Path) -> None:
+    search_log = (searched.parent / "search.log").read_text()
+    retrain_log = (retrained.parent / "retrain.log").read_text()
+    for log in (search_log, retrain_log):
+        assert "\r" not in log and "it/s" not in log  # no progress-bar redraws
+    epochs = [line for line in search_log.splitlines() if " INFO epoch " in line]
+    assert len(epochs) == 2 and all("derived" in line and "ops" in line and " s" in line for line in epochs)
+    assert "retrain epoch 1/1: train loss" in retrain_log
 
 
 @pytest.fixture

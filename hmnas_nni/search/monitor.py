@@ -114,9 +114,10 @@ class SearchMonitor(pl.Callback):
                    "epoch_seconds": seconds, "peak_memory_mb": peak}
         self.history = [h for h in self.history if h["epoch"] < metrics["epoch"]] + [metrics]
         pl_module.log_dict({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        _logger.info("epoch %d (%s): supernet %.4f, derived %.4f, gap %.4f, ops %d, edges %d",
-                     metrics["epoch"], phase, metrics["supernet_val_acc"], metrics["derived_val_acc"],
-                     metrics["derivation_gap"], metrics["ops_kept"], metrics["edges_kept"])
+        _logger.info("epoch %d (%s):%s supernet %.4f, derived %.4f, gap %.4f, ops %d, edges %d, %.1f s",
+                     metrics["epoch"], phase, _losses(trainer), metrics["supernet_val_acc"],
+                     metrics["derived_val_acc"], metrics["derivation_gap"], metrics["ops_kept"],
+                     metrics["edges_kept"], seconds)
         out = Path(self.config.out)
         if self.world_size > 1:
             self._write_rank(trainer, pl_module, out)
@@ -167,3 +168,10 @@ def _tensors(batch: Any) -> list[torch.Tensor]:
     if isinstance(batch, (list, tuple)):
         return [t for b in batch for t in _tensors(b)]
     return []
+
+
+def _losses(trainer: pl.Trainer) -> str:
+    """The epoch's logged losses as `` train_loss 0.412,``, for the one line an epoch writes to the log."""
+    shown = [f" {k} {float(v):.4f}," for k, v in sorted(trainer.callback_metrics.items())
+             if "loss" in k and getattr(v, "numel", lambda: 1)() == 1]
+    return "".join(shown)

@@ -37,6 +37,7 @@ from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.errors import UsageError, interruption_in
 from hmnas_nni.format.files import write_atomic
 from hmnas_nni.format.outputs import OutputFolder
+from hmnas_nni.format.progress import on_terminal
 from hmnas_nni.format.weights import SUPERNET_FORMAT
 from hmnas_nni.nas.derive import network_weights
 
@@ -209,7 +210,8 @@ def _evaluator(config: SearchConfig, inputs: SearchInputs, samplers: list[EpochS
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, num_classes=inputs.info.num_classes,
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices, callbacks=callbacks,
         plugins=[InFolderCheckpointIO()], logger=pl.loggers.CSVLogger(out, name="logs"),
-        enable_progress_bar=config.progress, enable_model_summary=False, default_root_dir=out, **distributed,
+        enable_progress_bar=config.progress and on_terminal(), enable_model_summary=False, default_root_dir=out,
+        **distributed,
     )
 
 
