@@ -195,7 +195,7 @@ def retrain(
         if inherited is not None:
             inherited["test_accuracy_before_finetune"] = _evaluate(model, test, dev, batch_size)[0]
         t0 = time.time()
-        history = _train(model, train, settings, dev, progress)
+        history = train_network(model, train, settings, dev, progress)
         train_time = time.time() - t0
         test_acc, test_loss = _evaluate(model, test, dev, batch_size)
         metrics = _metrics(model, settings, arch, arch_path, info, (len(train), len(test)), inherited, dev) | {
@@ -223,8 +223,8 @@ def _evaluate(model: nn.Module, data: TensorDataset, device: torch.device, batch
     return evaluate(model.eval(), data, max(batch_size, 256), device)
 
 
-def _train(model: nn.Module, train: TensorDataset, s: RetrainSettings, dev: torch.device,
-           progress: bool) -> list[dict[str, float]]:
+def train_network(model: nn.Module, train: TensorDataset, s: RetrainSettings, dev: torch.device,
+                  progress: bool) -> list[dict[str, float]]:
     """SGD (Nesterov) or AdamW with a cosine schedule over every step; the per-epoch training loss and accuracy."""
     lr = s.peak_lr()
     if s.optimizer == "sgd":

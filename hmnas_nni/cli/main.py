@@ -1,4 +1,4 @@
-"""``hmnas``: search, trial, show, retrain, export, bench, compare, latency and table-bench.
+"""``hmnas``: search, trial, show, retrain, export, bench, compare, latency, table-bench and multitrial.
 
 Every subcommand's errors go through one table (:mod:`hmnas_nni.cli.errors`): a known error prints one line
 and exits with its status; anything else (a bug) is a traceback. SIGTERM and SIGINT stop a command with
@@ -18,6 +18,7 @@ from .compare import add_compare_parser
 from .errors import classify
 from .export import add_bench_parser, add_export_parser, add_retrain_parser
 from .latency import add_latency_parser
+from .multitrial import add_multitrial_parser
 from .options import CommandParser
 from .search import add_search_parser
 from .show import add_show_parser
@@ -25,7 +26,8 @@ from .table_bench import add_table_bench_parser
 from .trial import add_trial_parser
 
 COMMANDS = (add_search_parser, add_trial_parser, add_show_parser, add_retrain_parser, add_export_parser,
-            add_bench_parser, add_compare_parser, add_latency_parser, add_table_bench_parser)
+            add_bench_parser, add_compare_parser, add_latency_parser, add_table_bench_parser,
+            add_multitrial_parser)
 
 
 class _DropNoise(logging.Filter):

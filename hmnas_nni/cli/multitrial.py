@@ -1,0 +1,53 @@
+"""``hmnas multitrial``: AG-Net or NNI's multi-trial strategies with trained trials (accuracy, latency, params)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .options import json_object
+
+
+def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``hmnas multitrial``."""
+    from hmnas_nni.experiments.multitrial import STRATEGY_NAMES, MultiTrialPlan
+
+    d = MultiTrialPlan()
+    p = sub.add_parser(
+        "multitrial", help="multi-trial search with trained trials: AG-Net or NNI's Random/Evolution/TPE",
+        description="Every trial trains one architecture of the space (hmnas retrain's recipe) on half of --subset, "
+                    "validates it on the other half and measures its latency in ONNX Runtime; writes trials.json as "
+                    "trials finish, then result.json (best, Pareto set) and front.png to --out.")
+    p.add_argument("--space", default=d.space, help="project space name or an NNI model space as an import path")
+    p.add_argument("--space-args", type=json_object, default=None, help="space arguments as a JSON object")
+    p.add_argument("--dataset", default=d.dataset, help="digits, fashion-mnist or cifar10")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    p.add_argument("--subset", type=int, default=d.subset, help="training images, half to train, half to validate")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs of each trial")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--strategy", choices=STRATEGY_NAMES, default=d.strategy)
+    p.add_argument("--trials", type=int, default=d.trials, help="trained trials (the query budget)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--latency-cap", type=float, default=None, help="AG-Net: rank architectures over this many ms last")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out (trained trials are reused)")
+    p.set_defaults(func=run_multitrial_command)
+
+
+def run_multitrial_command(args: argparse.Namespace) -> int:
+    """Run the search; print the best trial and the Pareto set's size."""
+    from hmnas_nni.experiments.multitrial import MultiTrialPlan, run_multitrial
+
+    plan = MultiTrialPlan(space=args.space, space_args=args.space_args, dataset=args.dataset,
+                          data_root=args.data_root, subset=args.subset, epochs=args.epochs,
+                          batch_size=args.batch_size, strategy=args.strategy, trials=args.trials, seed=args.seed,
+                          latency_cap=args.latency_cap)
+    command = "hmnas " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = run_multitrial(plan, args.out, force=args.force, resume=args.resume, command=command,
+                             log=lambda line: print(line, flush=True))
+    best = summary["best"]
+    print(f"best of {summary['trials']} trials: accuracy {best['metrics']['accuracy']:.4f}, latency "
+          f"{best['metrics']['latency']:.3f} ms ({best['sample']}); Pareto set of {len(summary['pareto'])}")
+    return 0
