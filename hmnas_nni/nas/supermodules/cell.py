@@ -44,8 +44,8 @@ def op_factory_of(cell: Cell) -> list | dict:
         return cell.op_candidates_factory
     first = cell.ops[-1][-1]
     if not isinstance(first, LayerChoice):
-        raise TypeError(f"cell {cell.label!r} has ops of type {type(first).__name__}; HMNAS relaxes cells whose ops "
-                        "are LayerChoices (as nni.nas.nn.pytorch.Cell builds them)")
+        raise TypeError(f"cell {cell.label!r} has ops of type {type(first).__name__}, which is not supported: HMNAS "
+                        "relaxes cells whose ops are LayerChoices (as nni.nas.nn.pytorch.Cell builds them)")
     candidates = first.candidates
     if isinstance(candidates, dict):
         return {name: functools.partial(_copy_op, op=op) for name, op in candidates.items()}

@@ -34,9 +34,9 @@ class HMNASMixedInput(InputChoice, BaseSuperNetModule):
         if type(module) is not InputChoice:
             return None
         if module.reduction not in ("sum", "mean"):
-            raise TypeError(f"HMNAS supports InputChoice with reduction 'sum' or 'mean'; {name!r} uses "
-                            f"{module.reduction!r}: use reduction='sum' or 'mean', or search this space with "
-                            "another NNI strategy")
+            raise TypeError(f"InputChoice reduction {module.reduction!r} is not supported by HMNAS (it relaxes 'sum' "
+                            f"and 'mean'); {name!r} uses {module.reduction!r}: use reduction='sum' or 'mean', or "
+                            "search this space with another NNI strategy")
         n = module.n_candidates
         return cls(n, module.n_chosen, shared_logits(memo, f"{module.label}#beta", n),
                    shared_masks(memo, f"{module.label}#inputs", n, mutate_kwargs), module.label)
