@@ -22,6 +22,7 @@ import torch.nn as nn
 from nni.mutable import frozen_context
 from nni.nas.nn.pytorch import Cell, InputChoice, ModelSpace
 from nni.nas.oneshot.pytorch.strategy import DARTS, _submodule_tree_map
+from nni.nas.oneshot.pytorch.supermodule.operation import MixedOperation
 from nni.nas.space import ModelStatus, RawFormatModelSpace
 
 from .cost import LatencyModel, latency_model_for
@@ -37,6 +38,7 @@ from .supermodules import (
     HMNASMixedInput,
     HMNASMixedLayer,
     HMNASMixedRepeat,
+    derivable,
     unsupported_mutable_hook,
 )
 
@@ -133,11 +135,7 @@ class HMNAS(DARTS):
         if not isinstance(model, ModelSpace):
             raise TypeError(f"HMNAS searches an NNI ModelSpace; got {type(model).__name__}")
         self._resolved_edge_level = self.resolve_edge_level(model)
-        # A space's own hooks come first, as NNI orders them; those NNI's hub spaces return are written for NNI's
-        # DARTS supermodules and its memo, so they are left out (what they relax then gets the "not supported" error).
-        model_hooks = [h for h in getattr(model, "extra_oneshot_hooks", lambda s: [])(self)
-                       if not getattr(h, "__module__", "").startswith("nni.")]
-        hooks = self.extra_mutation_hooks + model_hooks + self.default_mutation_hooks()
+        hooks = self.extra_mutation_hooks + self.space_hooks(model) + self.default_mutation_hooks()
         self._mutation_hooks_memo = {}
         with frozen_context():  # as NNI's OneShotStrategy.mutate_model; DARTS's own one would make every alpha
             _submodule_tree_map("", model, partial(self._execute_mutation_hooks, hooks=hooks))
@@ -148,6 +146,20 @@ class HMNAS(DARTS):
         if self.latency_table is not None:
             self.latency = latency_model_for(model, self.hierarchy, self.latency_table, self.latency_target_ms)
         return model
+
+    def space_hooks(self, model: nn.Module) -> list[Any]:
+        """The space's own mutation hooks (``extra_oneshot_hooks``) that serve HM-NAS, first as NNI orders them: a
+        user's hooks, and the mixed operations a space ships for any strategy (AutoFormer's class token and position
+        embedding), run under HM-NAS's value masks. NNI's other hooks are written for its DARTS supermodules (NASNet's
+        stages): they are left out, and what they would relax meets HM-NAS's own hooks."""
+        hooks = []
+        for hook in getattr(model, "extra_oneshot_hooks", lambda strategy: [])(self):
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, type) and issubclass(owner, MixedOperation):
+                hooks.append(derivable(owner).mutate)
+            elif not getattr(hook, "__module__", "").startswith("nni."):
+                hooks.append(hook)
+        return hooks
 
     def run_hook(self, hook, name: str, module: nn.Module, memo: dict[str, Any]):
         settings = {"edge_level": self._resolved_edge_level, "tau": self.tau, "mask_init": self.mask_init}

@@ -5,10 +5,10 @@ does not relax."""
 from .cell import HMNASMixedCell
 from .input import HMNASMixedInput
 from .layer import HMNASMixedLayer
-from .operation import HMNAS_MIXED_OPERATIONS, HMNASValuePolicy
+from .operation import HMNAS_MIXED_OPERATIONS, HMNASValuePolicy, derivable
 from .repeat import HMNASMixedRepeat
 from .unsupported import unsupported_mutable_hook
 from .values import ValueMasks
 
 __all__ = ["HMNASMixedCell", "HMNASMixedInput", "HMNASMixedLayer", "HMNASMixedRepeat", "HMNAS_MIXED_OPERATIONS",
-           "HMNASValuePolicy", "ValueMasks", "unsupported_mutable_hook"]
+           "HMNASValuePolicy", "ValueMasks", "derivable", "unsupported_mutable_hook"]

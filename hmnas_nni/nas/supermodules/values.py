@@ -23,8 +23,8 @@ class ValueMasks(MaskScores):
 
     def __init__(self, values: list[Any], init: float, tau: float, label: str) -> None:
         if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
-            raise TypeError(f"value choice {label!r} has candidates {values}; HMNAS masks numeric value choices "
-                            "(widths, kernel sizes, ratios, depths)")
+            raise TypeError(f"value choice {label!r} has candidates {values}, which are not supported: HMNAS masks "
+                            "numeric value choices (widths, kernel sizes, ratios, depths)")
         super().__init__(max(1, len(values) - 1), init, tau)
         self.values = sorted(values)
         self.label = label
@@ -47,6 +47,13 @@ class ValueMasks(MaskScores):
     def chosen(self) -> Any:
         """The candidate the masks pick."""
         return self.values[int(self.one_hot().detach().argmax())]
+
+    def picked(self) -> Any:
+        """:meth:`chosen`, read from the live steps the hierarchy rules computed (no read back from the device)."""
+        k = 0
+        while k < len(self.values) - 1 and k in self.live:
+            k += 1
+        return self.values[k]
 
     def weights(self) -> dict[Any, torch.Tensor]:
         """Candidate -> its weight (one of them 1), in the form NNI's ``traverse_all_options`` takes."""
