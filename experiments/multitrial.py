@@ -145,28 +145,55 @@ class TrainedTrialEvaluator(Evaluator):
         return metrics
 
     def _train(self, net: torch.nn.Module) -> dict[str, float]:
-        """The retrain recipe on the training half; accuracy on the validation half; latency and parameters."""
-        train, val = self.data
-        settings = RetrainSettings(epochs=self.plan.epochs, batch_size=self.plan.batch_size, seed=self.plan.seed)
-        torch.manual_seed(self.plan.seed)
-        train_network(net, train, settings.check(), torch.device("cpu"), progress=False)
-        net.eval()
-        shape = (1, *val.tensors[0].shape[1:])
-        acc = accuracy(net, val)
-        return {"default": acc, "accuracy": acc, "latency": self.timer.raw_ms(net, shape, "trial network"),
-                "params": count_parameters(net)}
+        return train_and_measure(net, self.data, self.plan, self.timer)
 
 
-def run_multitrial(plan: MultiTrialPlan, out: str | Path, force: bool = False, resume: bool = False,
-                   command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Search with trained trials; returns the summary written to ``out/result.json``."""
-    plan.check()
+def train_and_measure(net: torch.nn.Module, data: tuple[Any, Any], plan: MultiTrialPlan,
+                      timer: Timer | None = None) -> dict[str, float]:
+    """The retrain recipe on the training half; accuracy on the validation half; latency (ONNX Runtime, batch 1)
+    and parameters: the metric dict a trial reports."""
+    train, val = data
+    settings = RetrainSettings(epochs=plan.epochs, batch_size=plan.batch_size, seed=plan.seed)
+    torch.manual_seed(plan.seed)
+    train_network(net, train, settings.check(), torch.device("cpu"), progress=False)
+    net.eval()
+    shape = (1, *val.tensors[0].shape[1:])
+    acc = accuracy(net, val)
+    timer = timer or Timer(Runtime(exporter="torchscript"), repeats=3)
+    return {"default": acc, "accuracy": acc, "latency": timer.raw_ms(net, shape, "trial network"),
+            "params": count_parameters(net)}
+
+
+def plan_inputs(plan: MultiTrialPlan) -> tuple[torch.nn.Module, tuple[Any, Any]]:
+    """The space of ``plan`` sized for its dataset, and the (train, validation) halves of its subset."""
     train, _, info = load_dataset(plan.dataset, root=plan.data_root)
     data = search_splits(train, plan.subset, plan.seed)
     given = dict(plan.space_args or {})
     args = data_args(plan.space, given, {"in_channels": info.in_channels, "input_size": info.input_size,
                                          "num_classes": info.num_classes}, plan.dataset)
     space = fit_input(build_space(plan.space, **args), (info.in_channels, info.input_size, info.input_size))
+    return space, data
+
+
+def nni_search_space(space: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """The choices of ``space`` as an NNI search-space file (``{label: {"_type": "choice", "_value": [...]}}``), for
+    a tuner under ``nnictl``; every choice must be categorical."""
+    from nni.mutable import Categorical
+
+    out = {}
+    for label, mutable in space.simplify().items():
+        if not isinstance(mutable, Categorical):
+            raise UsageError(f"choice {label!r} is a {type(mutable).__name__}: not supported in an NNI search-space "
+                             "file (categorical choices only)")
+        out[label] = {"_type": "choice", "_value": list(mutable.values)}
+    return out
+
+
+def run_multitrial(plan: MultiTrialPlan, out: str | Path, force: bool = False, resume: bool = False,
+                   command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search with trained trials; returns the summary written to ``out/result.json``."""
+    plan.check()
+    space, data = plan_inputs(plan)
     with OutputFolder(out, "hmnas multitrial", force=force, resume=resume) as folder:
         folder.clear_previous(writes=("trials.json",))
         record = TrialRecord(folder.path / "trials.json", _previous(folder.path) if resume else None)
