@@ -435,7 +435,7 @@ CASES = [
     Case("space-needs-an-argument", search("--space", "userspaces.NeedsWidth", "--space-args", "{}"),
          "space 'userspaces.NeedsWidth' needs argument(s) ['width']", setup=lambda tmp, out: user_modules(tmp)),
     Case("space-constructor-fails", search("--space", "userspaces.Asserts", "--space-args", "{}"),
-         "userspaces.py:13: AssertionError: num_classes must be a multiple of 3",
+         "userspaces.py:14: AssertionError: num_classes must be a multiple of 3",
          setup=lambda tmp, out: user_modules(tmp)),
     Case("space-module-fails-to-import", search("--space", "brokenspaces.Space", "--space-args", "{}"),
          "importing your module 'brokenspaces' failed at", setup=lambda tmp, out: user_modules(tmp)),
