@@ -95,6 +95,7 @@ def _grid_weights(mutable: Numerical, values: tuple[float, ...]) -> tuple[float,
 
 def _block_of(label: str, mutable: Any, start: int) -> Block:
     """The block of one leaf mutable, or a one-line "not supported" error naming its label."""
+    label = str(label)  # a plain string: NNI's label type is a subclass that plain pickles (torch.load) refuse
     if isinstance(mutable, Categorical):
         values = tuple(mutable.values)
         return Block(label, values, start, scale=_scale_of(values), weights=tuple(mutable.weights))

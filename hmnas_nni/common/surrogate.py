@@ -82,4 +82,4 @@ def fit_jointly(vae: ArchitectureVAE, surrogate: Surrogate, x: np.ndarray, targe
             optimiser.step()
     vae.eval()
     surrogate.eval()
-    return float(loss)
+    return float(loss.detach())
