@@ -40,8 +40,9 @@ def run_latency_command(args: argparse.Namespace) -> int:
     from hmnas_nni.search.config import SearchConfig
     from hmnas_nni.search.inputs import search_inputs
 
-    if args.batch < 1 or args.repeats < 1:
-        raise UsageError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    for option, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--threads", args.threads)):
+        if value < 1:
+            raise UsageError(f"{option} must be an integer >= 1, got {value}")
     config = SearchConfig(space=args.space, space_args=args.space_args or {}, dataset=args.dataset,
                           data_root=args.data_root, batch_size=1, out=".").validate()
     inputs = search_inputs(config)  # the space exactly as `hmnas search` builds it from this dataset

@@ -8,6 +8,10 @@ alone. A derived network's latency is predicted as ``base_ms + scale * sum of it
 everything on and its cheapest network), so they carry what candidates timed alone miss (the fixed stem, head
 and blocks, one runtime call, and weights that no longer stay in cache in a large network). ``records`` keep
 every raw measurement behind the costs.
+
+A search uses a table only when it fits (:meth:`LatencyTable.check_fits`, the one rule): the same space, space
+arguments and input shape as the search, and the batch, runtime and device the searched network will run on. Every
+field is range-checked when a table is read.
 """
 
 from __future__ import annotations
@@ -22,8 +26,15 @@ from typing import Any
 from .files import write_json
 
 FORMAT = "hmnas-latency/1"
-#: The fields a table must match to be reused, in the order mismatches are reported.
+#: The fields a table must match to serve a search, in the order mismatches are reported: what is searched (the space,
+#: its arguments, the input shape) and where the network will run (the batch, the runtime, the device).
 MATCHED = ("space", "space_args", "input_shape", "batch", "runtime", "device")
+#: The fields of where the network will run.
+SERVING = ("batch", "runtime", "device")
+#: The fields every table has.
+REQUIRED = ("space", "space_args", "input_shape", "batch", "runtime", "device", "costs", "base_ms", "full_ms")
+#: Advice at the end of every error about a table's contents.
+REMEASURE = "measure the table again with `hmnas latency`"
 
 
 class LatencyTableError(ValueError):
@@ -60,23 +71,34 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "latency table") -> LatencyTable:
+        """A table from its JSON document, every field checked: a bad one is a one-line error naming it."""
         if not isinstance(doc, dict):
-            raise LatencyTableError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+            raise LatencyTableError(f"{where}: expected a JSON object, got {type(doc).__name__}; {REMEASURE}")
         if doc.get("format") != FORMAT:
-            raise LatencyTableError(f"{where}: format {doc.get('format')!r} is not {FORMAT!r}; measure the table "
-                                    "again with `hmnas latency`")
-        names = [f for f in cls.__dataclass_fields__ if f != "format"]
-        missing = [f for f in ("space", "input_shape", "batch", "runtime", "device", "costs", "base_ms", "full_ms")
-                   if f not in doc]
+            raise LatencyTableError(f"{where}: format {doc.get('format')!r} is not {FORMAT!r}; {REMEASURE}")
+        missing = [f for f in REQUIRED if f not in doc]
         if missing:
-            raise LatencyTableError(f"{where}: missing field(s) {missing}; measure the table again")
-        table = cls(**{k: doc[k] for k in names if k in doc})
-        bad = [k for k, v in table.costs.items() if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
+            raise LatencyTableError(f"{where}: missing field(s) {missing}; {REMEASURE}")
+        for name, (valid, what) in FIELD_CHECKS.items():
+            if name in doc and not valid(doc[name]):
+                raise LatencyTableError(f"{where}: {name} is {_short(doc[name])}, not {what}; {REMEASURE}")
+        bad = [k for k, v in doc["costs"].items() if not (_number(v) and v >= 0)]
         if bad:
-            raise LatencyTableError(f"{where}: costs of {bad[:3]} are not finite numbers >= 0")
-        if not (isinstance(table.scale, (int, float)) and math.isfinite(table.scale) and table.scale > 0):
-            raise LatencyTableError(f"{where}: scale {table.scale!r} is not a finite number > 0")
+            raise LatencyTableError(f"{where}: costs of {bad[:3]} are not finite numbers of milliseconds >= 0; "
+                                    f"{REMEASURE}")
+        table = cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+        table._check_base(where)
         return table
+
+    def _check_base(self, where: str) -> None:
+        """``base_ms`` is the intercept of a line fitted through whole networks, so it may be a little below 0; it
+        must not make the table predict a negative latency for a network it records (without any, it must be >= 0)."""
+        networks = self.anchors.get("networks", [])
+        lowest = min(((self.predict(a["candidates_ms"]), a.get("network", "a recorded network")) for a in networks),
+                     default=(self.base_ms, "a network with no candidate"))
+        if lowest[0] < 0:
+            raise LatencyTableError(f"{where}: base_ms {self.base_ms!r} makes the table predict {lowest[0]:.4g} ms for "
+                                    f"{lowest[1]}, which is not a latency; {REMEASURE}")
 
     @classmethod
     def load(cls, path: str | os.PathLike, **expected: Any) -> LatencyTable:
@@ -90,11 +112,22 @@ class LatencyTable:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LatencyTableError(f"latency table {path} is not valid JSON ({e}); measure it again") from None
         table = cls.from_dict(doc, where=str(path))
-        problem = table.mismatch(**expected)
-        if problem:
-            raise LatencyTableError(f"latency table {path} {problem}; measure a table for this setting "
-                                    "(`hmnas latency`) or pass the matching one")
+        if expected:
+            table.check_fits(f"latency table {path}", **expected)
         return table
+
+    def check_fits(self, where: str = "latency table", **expected: Any) -> None:
+        """The one rule for using a table in a search: every field of :data:`MATCHED` (space, space_args,
+        input_shape, batch, runtime, device) must equal the search's. A table that differs in any is refused with a
+        one-line :class:`LatencyTableError` naming the field; every field must be given, so none goes unchecked."""
+        missing = [name for name in MATCHED if expected.get(name) is None]
+        if missing:
+            raise TypeError(f"a latency table is checked on every field of {list(MATCHED)}; {missing} not given")
+        problem = self.mismatch(**expected)
+        if problem:
+            raise LatencyTableError(f"{where} {problem}; measure a table for this search with `hmnas latency` (the "
+                                    "same space, space arguments and dataset, --batch, --device and --threads) or "
+                                    "pass one that fits")
 
     def mismatch(self, **expected: Any) -> str | None:
         """The first field that differs from ``expected`` (``None`` if all match), as a phrase for an error."""
@@ -112,6 +145,44 @@ class LatencyTable:
                     return f"was measured with {name} {detail}"
                 return f"was measured for {name} {have!r}, not {want!r}"
         return None
+
+
+def _number(value: Any) -> bool:
+    """A finite real number (JSON's ``NaN`` and ``Infinity``, booleans and strings are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _short(value: Any) -> str:
+    """A value as the error quotes it, cut to one short phrase."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: Each field's check and what the field must be, as the error says it.
+FIELD_CHECKS = {
+    "space": (lambda v: isinstance(v, str) and bool(v.strip()), "a space name or import path"),
+    "space_args": (lambda v: isinstance(v, dict), "a JSON object of the space's arguments"),
+    "input_shape": (lambda v: isinstance(v, list) and bool(v) and all(_positive_int(d) for d in v),
+                    "a list of positive integers (C, H, W)"),
+    "batch": (_positive_int, "an integer >= 1"),
+    "runtime": (lambda v: isinstance(v, dict), "a JSON object describing the runtime"),
+    "device": (lambda v: isinstance(v, dict), "a JSON object describing the device"),
+    "costs": (lambda v: isinstance(v, dict), "a JSON object {candidate: milliseconds}"),
+    "base_ms": (_number, "a finite number of milliseconds"),
+    "full_ms": (lambda v: _number(v) and v > 0, "a finite number of milliseconds > 0"),
+    "scale": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "anchors": (lambda v: isinstance(v, dict) and isinstance(v.get("networks", []), list) and all(
+        isinstance(a, dict) and _number(a.get("candidates_ms")) and a["candidates_ms"] >= 0
+        and _number(a.get("measured_ms")) and a["measured_ms"] > 0 for a in v.get("networks", [])),
+        "a JSON object whose networks each have candidates_ms >= 0 and measured_ms > 0"),
+    "versions": (lambda v: isinstance(v, dict), "a JSON object"),
+    "measurement": (lambda v: isinstance(v, dict), "a JSON object"),
+    "records": (lambda v: isinstance(v, list), "a list of measurements"),
+}
 
 
 def _plain(value: Any) -> Any:

@@ -266,21 +266,32 @@ class LatencyModel:
         return out
 
 
-def latency_model_for(supernet: nn.Module, hierarchy: Hierarchy, table: Any,
-                      target_ms: float | None = None) -> LatencyModel:
-    """The latency model of ``table`` (a ``LatencyTable`` or its path) for ``supernet``, refused with the mismatch
-    named if the table was measured for another space; a target below the smallest network is said at once."""
-    from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
+def latency_model_for(supernet: nn.Module, hierarchy: Hierarchy, table: Any, target_ms: float | None = None,
+                      serving: Mapping[str, Any] | None = None) -> LatencyModel:
+    """The latency model of ``table`` (a ``LatencyTable`` or its path) for ``supernet``, if the table fits this search
+    (:meth:`~hmnas_nni.format.latency_table.LatencyTable.check_fits`, the one rule, with or without a target): the
+    space, its arguments and its input shape are the supernet's (a space that does not record its input shape is
+    checked on its first batch); the batch, runtime and device are ``serving``'s, where the network will run, or,
+    without ``serving``, the table's own, which the log states. A target below the smallest network is said at once."""
+    from hmnas_nni.format.latency_table import SERVING, LatencyTable, LatencyTableError
     from hmnas_nni.spaces.registry import space_identity
 
     where = "latency table"
     if not isinstance(table, LatencyTable):
         where = f"latency table {table}"
         table = LatencyTable.load(table)
+    if serving is not None and set(serving) != set(SERVING):
+        raise TypeError(f"serving names where the network will run: exactly {list(SERVING)}, got {sorted(serving)}")
     name, args = space_identity(supernet)
-    problem = table.mismatch(space=name, space_args=args)
-    if problem:
-        raise LatencyTableError(f"{where} {problem}; measure a table for this space with `hmnas latency`")
+    shape = getattr(supernet, "hmnas_input_shape", None)
+    where_it_runs = dict(serving) if serving is not None else {k: getattr(table, k) for k in SERVING}
+    table.check_fits(where, space=name, space_args=args, input_shape=list(shape or table.input_shape), **where_it_runs)
+    if serving is None:
+        _logger.info("%s: the search weighs entries by their latency at batch %d on %s (%s), as the table was "
+                     "measured; pass latency_serving to check that this is where the network will run", where,
+                     table.batch, table.device.get("name", table.device), table.runtime.get("provider", "?"))
+    if shape is None:
+        _check_first_batch(supernet, table, where, LatencyTableError)
     model = LatencyModel.of(supernet, hierarchy, table, where)
     if target_ms is not None:
         smallest = model.smallest_ms()
@@ -289,3 +300,15 @@ def latency_model_for(supernet: nn.Module, hierarchy: Hierarchy, table: Any,
                             "predicted); the search will shrink the network as far as it can and miss the target",
                             target_ms, smallest)
     return model
+
+
+def _check_first_batch(supernet: nn.Module, table: Any, where: str, error: type[Exception]) -> None:
+    """Refuse, on the supernet's first forward pass, inputs of another shape than the table was measured for."""
+    def check(module: nn.Module, args: tuple[Any, ...]) -> None:
+        handle.remove()
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if x is not None and list(x.shape[1:]) != list(table.input_shape):
+            raise error(f"{where} was measured for input_shape {list(table.input_shape)}, but the space is searched "
+                        f"on inputs of shape {list(x.shape[1:])}; measure a table at that shape with `hmnas latency`")
+
+    handle = supernet.register_forward_pre_hook(check)

@@ -20,6 +20,7 @@ its own score kept it, with the rule that removed it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,16 +185,19 @@ class Hierarchy:
         reasons: Reasons = {}
         self._mark_dead(results, on, reasons)
         self._drop_removed_parts(on, reasons)
-        self._removed = {}
-        for name, m in self.masks.items():
-            forced = m.forced.tolist()
-            alive = m.alive.tolist()
-            m.live = [i for i, (o, f, a) in enumerate(zip(on[id(m)], forced, alive)) if (o or f) and a]
-            for i, (o, f, a) in enumerate(zip(on[id(m)], forced, alive)):
-                if (o or f) and not a:
-                    self._removed.setdefault(name, {})[self.entry_names[name][i]] = reasons.get((id(m), i), "")
+        self._settle(on, reasons)
         self._report(messages)
         return messages
+
+    def _settle(self, on: OnState, reasons: Reasons) -> None:
+        """Each mask's ``live`` entries (on or forced, and not removed), and the record of what the rules removed."""
+        self._removed = {}
+        for name, m in self.masks.items():
+            kept = [o or f for o, f in zip(on[id(m)], m.forced.tolist())]
+            alive = m.alive.tolist()
+            m.live = [i for i, (k, a) in enumerate(zip(kept, alive)) if k and a]
+            for i in (i for i, (k, a) in enumerate(zip(kept, alive)) if k and not a):
+                self._removed.setdefault(name, {})[self.entry_names[name][i]] = reasons.get((id(m), i), "")
 
     def removed(self) -> dict[str, dict[str, str]]:
         """Every entry the rules removed at the last :meth:`apply` though its own score kept it: mask name -> entry
@@ -275,12 +279,11 @@ class Hierarchy:
                         _merge(why_op, (id(e.ops), i), None if why is not None or i in passing else
                                f"rule 2: op #{i} of edge {e.key} passes nothing on: every edge inside it is removed")
         for mid, why in why_ops.items():
-            for i in range(masks[mid].scores.numel()):
-                if why is not None:
-                    _remove(masks[mid], i, why, reasons)
+            if why is not None:
+                _remove(masks[mid], range(masks[mid].scores.numel()), why, reasons)
         for (mid, i), why in [*why_gates.items(), *why_op.items()]:
             if why is not None:
-                _remove(masks[mid], i, why, reasons)
+                _remove(masks[mid], [i], why, reasons)
 
     def _drop_removed_parts(self, on: OnState, reasons: Reasons) -> None:
         """Rule 5: a removed op or block takes every choice inside it, unless a kept part uses that choice too."""
@@ -296,8 +299,7 @@ class Hierarchy:
             places = self.places.get(id(m), [None])
             whys = [next((dead[id(p)] for p in _chain(place) if id(p) in dead), None) for place in places]
             if all(whys):
-                for i in range(m.scores.numel()):
-                    _remove(m, i, whys[0], reasons)
+                _remove(m, range(m.scores.numel()), whys[0], reasons)
 
     def blocks_kept(self) -> tuple[int, int]:
         """Blocks kept and blocks in all, over every ``Repeat`` with a depth choice."""
@@ -331,10 +333,14 @@ def _merge(whys: dict[Any, str | None], key: Any, why: str | None) -> None:
         whys[key] = why if key not in whys else None
 
 
-def _remove(mask: MaskScores, i: int, why: str, reasons: Reasons) -> None:
-    if mask.alive[i]:
-        mask.alive[i] = False
+def _remove(mask: MaskScores, entries: Iterable[int], why: str, reasons: Reasons) -> None:
+    """Switch ``entries`` of ``mask`` off for good, noting ``why`` for those still alive."""
+    alive = mask.alive.tolist()
+    entries = [i for i in entries if alive[i]]
+    for i in entries:
         reasons.setdefault((id(mask), i), why)
+    if entries:
+        mask.alive[entries] = False
 
 
 def _live(mask: MaskScores, i: int, on: OnState) -> bool:

@@ -69,7 +69,12 @@ class HMNAS(DARTS):
     latency_table
         A :class:`~hmnas_nni.format.latency_table.LatencyTable` (or the path of one) measured for this space: each
         mask's sparsity term is then weighted by the latency its entry saves (mean weight 1, so ``sparsity`` keeps
-        its meaning), and ``list_models(limit=K)`` ranks the family by predicted latency.
+        its meaning), and ``list_models(limit=K)`` ranks the family by predicted latency. A table that does not fit
+        the search (another space, space arguments or input shape, or, with ``latency_serving``, another batch,
+        runtime or device) is refused, with or without a target.
+    latency_serving
+        Where the network will run, as a table records it: ``{"batch", "runtime", "device"}`` (``hmnas search``
+        passes this machine's). Without it the table's own are taken, and the log says which.
     latency_target_ms, latency_weight
         With a table: the masked network's expected latency is pushed under ``latency_target_ms`` by the term
         ``latency_weight * max(0, expected / target - 1)`` during the masking phase.
@@ -82,7 +87,7 @@ class HMNAS(DARTS):
                  settle_epochs: int = DEFAULTS.settle_epochs, edge_level: str = "auto",
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
                  latency_table: Any = None, latency_target_ms: float | None = None,
-                 latency_weight: float = DEFAULTS.latency_weight,
+                 latency_weight: float = DEFAULTS.latency_weight, latency_serving: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
@@ -104,6 +109,7 @@ class HMNAS(DARTS):
         if not latency_weight >= 0:
             raise ValueError(f"latency_weight must be >= 0, got {latency_weight!r}")
         self.latency_table = latency_table
+        self.latency_serving = latency_serving
         self.latency_target_ms = latency_target_ms
         self.latency_weight = latency_weight
         self.latency: LatencyModel | None = None
@@ -144,7 +150,8 @@ class HMNAS(DARTS):
         self.hierarchy.apply()
         self.hierarchy.watch(model)
         if self.latency_table is not None:
-            self.latency = latency_model_for(model, self.hierarchy, self.latency_table, self.latency_target_ms)
+            self.latency = latency_model_for(model, self.hierarchy, self.latency_table, self.latency_target_ms,
+                                             self.latency_serving)
         return model
 
     def space_hooks(self, model: nn.Module) -> list[Any]:
