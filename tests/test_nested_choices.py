@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import warnings
 
+import nni
 import pytest
 import torch
 import torch.nn as nn
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
-from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace, MutableModule
+from nni.nas.nn.pytorch import (
+    InputChoice,
+    LayerChoice,
+    ModelSpace,
+    MutableConv2d,
+    MutableLayerNorm,
+    MutableModule,
+)
 
 from hmnas_nni import HMNAS
 from hmnas_nni.experiments.nni_spaces import CustomOpNet
@@ -167,7 +175,29 @@ class ConcatNet(ModelSpace):
         return self.node([self.a(x), self.b(x)])
 
 
-@pytest.mark.parametrize("space", [CustomOpNet, ConcatNet])
+class StrideNet(ModelSpace):
+    """A choice of stride: not a width, so HM-NAS's masks cannot relax it (NNI samples it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = MutableConv2d(1, 4, 3, stride=nni.choice("stride", [1, 2]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class EpsNet(ModelSpace):
+    """A choice of LayerNorm's epsilon, which NNI's mixed LayerNorm does not take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = MutableLayerNorm(4, eps=nni.choice("eps", [1e-5, 1e-3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+@pytest.mark.parametrize("space", [CustomOpNet, ConcatNet, StrideNet, EpsNet])
 def test_refusals_say_not_supported_as_nni_strategies_do(space):
     with pytest.raises(TypeError, match="not supported") as err:
         HMNAS().mutate_model(space())

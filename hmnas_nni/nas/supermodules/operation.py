@@ -46,6 +46,11 @@ def shared_value_masks(memo: dict[str, Any], label: str, values: list[Any], sett
     return memo[key]
 
 
+#: Arguments of NNI's mutable layers whose choices are not widths (NNI relaxes them only by sampling paths).
+NOT_WIDTHS = {"MutableConv2d": ("stride", "dilation"), "MutableBatchNorm2d": ("eps", "momentum"),
+              "MutableLayerNorm": ("eps",), "MutableMultiheadAttention": ("dropout",)}
+
+
 class HMNASValuePolicy(MixedOperationSamplingPolicy):
     """NNI's mixed-operation policy for HM-NAS: each argument is its candidates' one-hot mask weights."""
 
@@ -104,10 +109,20 @@ class DerivableOperation:
 
     @classmethod
     def mutate(cls, module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]):
-        """Relax only the layers that hold a choice (NNI's own hook turns every mutable layer into a super-kernel)."""
+        """Relax only the layers that hold a choice (NNI's own hook turns every mutable layer into a super-kernel);
+        a choice of an argument that is not a width is refused here, not at the first forward pass."""
         if not getattr(module, "mutables", None):
             return None
-        return super().mutate(module, name, memo, {**mutate_kwargs, "mixed_op_sampling": HMNASValuePolicy})
+        try:
+            op = super().mutate(module, name, memo, {**mutate_kwargs, "mixed_op_sampling": HMNASValuePolicy})
+        except (TypeError, NotImplementedError) as e:
+            raise TypeError(f"a choice in {name!r} ({type(module).__name__}) is not supported by HMNAS: {e}") from None
+        fixed = sorted(set(getattr(op, "mutable_arguments", {})) & set(NOT_WIDTHS.get(cls.bound_type.__name__, ())))
+        if fixed:
+            raise TypeError(f"a choice of {fixed} in {name!r} ({type(module).__name__}) is not supported by HMNAS: it "
+                            "relaxes widths, kernel sizes and heads; fix those arguments or search with a sampling "
+                            "strategy (NNI's ENAS, RandomOneShot)")
+        return op
 
     def chosen_arguments(self) -> dict[str, Any]:
         """Each argument at the values the masks pick now (read from their live steps, no device sync)."""
