@@ -38,7 +38,8 @@ class HardwareExtras:
                           timer=Timer(self.runtime, repeats=self.repeats))
 
     def check(self, config: Any) -> None:
-        """A given table must be one this machine can measure the derived network and the family on."""
+        """A given table must have been measured on this machine's runtime and device (with or without a target: a
+        table of another device would weight the masks by another machine's costs)."""
         if config.latency_table is not None:
             runtime_of(LatencyTable.load(config.latency_table))
 

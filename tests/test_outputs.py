@@ -249,3 +249,10 @@ def test_programming_errors_are_not_bad_input() -> None:
     assert classify(ValueError("channels must be positive"))[0] == 2
     assert classify(Interrupted(signal.SIGTERM))[0] == 143
     assert classify(OSError(28, "No space left on device", "/x/last.ckpt"))[0] == 4
+
+
+def test_the_search_records_what_the_hierarchy_rules_removed(searched: Path) -> None:
+    final = json.loads((searched / "metrics.json").read_text())["final"]
+    removed = final["removed_by_rules"]
+    assert isinstance(removed, dict)
+    assert all(isinstance(why, str) and why.startswith("rule") for entries in removed.values() for why in entries.values())

@@ -126,7 +126,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         resume_from, _saved, done = check_resumable(asdict(config), config.resume)
         saved_epoch = done - 1
         _logger.info("resuming from %s after %d finished epoch(s)", resume_from, done)
-    if extras is not None and _needs_extras(config):
+    if extras is not None and (_needs_extras(config) or config.latency_table is not None):
         extras.check(config)
     seed_everything(config.seed)
     inputs = search_inputs(config)
@@ -260,6 +260,9 @@ def _finish(run: _Run, folder: OutputFolder | None, seconds: float) -> SearchRes
              "peak_memory_mb": max(h["peak_memory_mb"] for h in history)}
     if monitor.world_size > 1:
         final.update(global_rank=monitor.global_rank, world_size=monitor.world_size)
+    hierarchy = getattr(run.strategy, "hierarchy", None)
+    if hierarchy is not None and hasattr(hierarchy, "removed"):
+        final["removed_by_rules"] = hierarchy.removed()  # entries whose own score kept them, with the rule
     result = SearchResult(run.strategy, monitor.last_arch, history, final)
     if folder is None or monitor.global_rank != 0:
         return result
