@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from hmnas_nni.spaces.registry import space_identity
 
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.files import check_writable
@@ -36,6 +35,7 @@ from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.nas.levels import all_on, masks_at
 from hmnas_nni.nas.samples import architecture_from_export, export_sample
+from hmnas_nni.spaces.registry import space_identity
 
 from .bench import _ort_providers, environment, time_runs
 from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_session

@@ -255,4 +255,5 @@ def test_the_search_records_what_the_hierarchy_rules_removed(searched: Path) -> 
     final = json.loads((searched / "metrics.json").read_text())["final"]
     removed = final["removed_by_rules"]
     assert isinstance(removed, dict)
-    assert all(isinstance(why, str) and why.startswith("rule") for entries in removed.values() for why in entries.values())
+    reasons = [why for entries in removed.values() for why in entries.values()]
+    assert all(isinstance(why, str) and why.startswith("rule") for why in reasons)

@@ -112,7 +112,7 @@ def pretrain(model: ArchitectureVAE, samples: list[Sample], *, epochs: int = 20,
     """Train the VAE to reconstruct random samples of its space (no query spent); returns the mean loss per epoch."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(model.encoding.encode_many(samples))
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     history = []
     model.train()
     with torch.random.fork_rng(devices=[]):

@@ -1,8 +1,9 @@
-"""The surrogate predictor: a small ensemble of MLPs from an architecture's latent mean to its objectives, and the
-joint training of generator and surrogate on the queried architectures with per-architecture weights.
+"""The surrogate predictor: a small ensemble of MLPs from an architecture to its objectives, and the joint training of
+generator and surrogate on the queried architectures with per-architecture weights.
 
-Training both together shapes the latent space by performance (the encoder must also serve the predictor), as
-AG-Net pairs its generator with a predictor; the ensemble's spread says how sure the prediction is.
+The surrogate reads either the architecture's vector (``reads="encoding"``) or its latent mean (``reads="latent"``,
+then the prediction loss also shapes the encoder, so the latent space is ordered by performance); the ensemble's
+spread says how sure the prediction is.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from hmnas_nni.common.generator import ArchitectureVAE
 
 
 class Surrogate(nn.Module):
-    """An ensemble of ``members`` MLPs (two hidden layers), each mapping latent means to ``outputs`` objectives in
-    standardised units; the members run as one batched matrix product per layer."""
+    """An ensemble of ``members`` MLPs (two hidden layers), each mapping an architecture's features to ``outputs``
+    objectives in standardised units; the members run as one batched matrix product per layer."""
 
     def __init__(self, inputs: int, outputs: int = 1, hidden: int = 32, members: int = 3) -> None:
         super().__init__()
@@ -57,17 +58,32 @@ class JointFit:
     lr: float = 2e-3
     kl_weight: float = 0.05  # as in pre-training: keeps the latent codes near the prior that generation draws from
     surrogate_weight: float = 1.0  # weight of the prediction loss beside the reconstruction loss
+    reads: str = "encoding"  # what the surrogate reads: "encoding" (the vector) or "latent" (the encoder's mean)
+
+
+def features(vae: ArchitectureVAE, x: torch.Tensor, reads: str) -> torch.Tensor:
+    """The surrogate's input for vectors ``x``: the vectors themselves, or their latent means."""
+    if reads == "encoding":
+        return x
+    if reads == "latent":
+        return vae.encode(x)[0]
+    raise ValueError(f"a surrogate reads 'encoding' or 'latent', not {reads!r}")
+
+
+def feature_size(vae: ArchitectureVAE, reads: str) -> int:
+    """Width of the surrogate's input."""
+    return vae.encoding.size if reads == "encoding" else vae.latent
 
 
 def fit_jointly(vae: ArchitectureVAE, surrogate: Surrogate, x: np.ndarray, targets: np.ndarray,
                 weights: np.ndarray, fit: JointFit, seed: int) -> float:
-    """Train the VAE (weighted reconstruction) and the surrogate (weighted squared error, from the latent means)
-    together on the queried rows ``x`` with standardised ``targets``; returns the final weighted loss."""
+    """Train the VAE (weighted reconstruction) and the surrogate (weighted squared error) together on the queried
+    rows ``x`` with standardised ``targets``; returns the final weighted loss."""
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(targets, dtype=np.float32)).reshape(len(xt), -1)
     wt = torch.from_numpy(np.asarray(weights, dtype=np.float32))
     wt = wt / wt.mean()
-    optimiser = torch.optim.Adam([*vae.parameters(), *surrogate.parameters()], lr=fit.lr, foreach=True)
+    optimiser = torch.optim.Adam([*vae.parameters(), *surrogate.parameters()], lr=fit.lr, fused=True)
     vae.train()
     surrogate.train()
     loss = torch.zeros(())
@@ -75,7 +91,7 @@ def fit_jointly(vae: ArchitectureVAE, surrogate: Surrogate, x: np.ndarray, targe
         torch.manual_seed(seed)
         for _ in range(fit.steps):
             reconstruction, mu = vae.losses(xt, fit.kl_weight)
-            error = (surrogate(mu) - yt).pow(2).mean(dim=(0, 2))
+            error = (surrogate(xt if fit.reads == "encoding" else mu) - yt).pow(2).mean(dim=(0, 2))
             loss = (wt * (reconstruction + fit.surrogate_weight * error)).mean()
             optimiser.zero_grad()
             loss.backward()

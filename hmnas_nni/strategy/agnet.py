@@ -30,7 +30,7 @@ from nni.nas.strategy.base import StrategyStatus
 from hmnas_nni.common.encoding import Sample, SampleKey, SpaceEncoding
 from hmnas_nni.common.generator import ArchitectureVAE, pretrain
 from hmnas_nni.common.pareto import constrained_order, greedy_hypervolume, pareto_mask, pareto_order, ranks_of
-from hmnas_nni.common.surrogate import JointFit, Surrogate, fit_jointly
+from hmnas_nni.common.surrogate import JointFit, Surrogate, feature_size, features, fit_jointly
 from hmnas_nni.format.errors import UsageError
 
 _logger = logging.getLogger(__name__)
@@ -265,7 +265,8 @@ class AGNet(Strategy):
         if not candidates:
             return []
         x = torch.from_numpy(self.encoding.encode_many(candidates))
-        mean, std = surrogate.predict(vae.embed(x))
+        with torch.no_grad():
+            mean, std = surrogate.predict(features(vae, x, self.fit.reads))
         accuracy, latency = data.unscale(mean)
         accuracy = accuracy + self.exploration * std[:, 0] * data.scale[1][0]
         order = self._select(data, accuracy, latency)
@@ -291,7 +292,7 @@ class AGNet(Strategy):
         with _seeded(self.seed * 1000 + round_):
             vae = ArchitectureVAE(self.encoding, self.latent, self.hidden)
             vae.load_state_dict(self._pretrained)
-            surrogate = Surrogate(self.latent, data.targets.shape[1], members=self.members)
+            surrogate = Surrogate(feature_size(vae, self.fit.reads), data.targets.shape[1], members=self.members)
         weights = 1.0 / (self.rank_weight_k * len(data.ranks) + data.ranks)
         fit_jointly(vae, surrogate, data.x, data.targets, weights, self.fit, seed=self.seed * 1000 + round_)
         return vae, surrogate
