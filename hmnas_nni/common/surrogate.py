@@ -54,8 +54,8 @@ def _init_weight(members: int, fan_in: int, fan_out: int) -> nn.Parameter:
 class JointFit:
     """How generator and surrogate are trained together on the queried set."""
 
-    steps: int = 150  # full-batch Adam steps (the queried set is at most a few hundred rows)
-    lr: float = 2e-3
+    steps: int = 75  # full-batch Adam steps (the queried set is at most a few hundred rows)
+    lr: float = 4e-3
     kl_weight: float = 0.05  # as in pre-training: keeps the latent codes near the prior that generation draws from
     surrogate_weight: float = 1.0  # weight of the prediction loss beside the reconstruction loss
     reads: str = "encoding"  # what the surrogate reads: "encoding" (the vector) or "latent" (the encoder's mean)

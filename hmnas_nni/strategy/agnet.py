@@ -116,7 +116,7 @@ class AGNet(Strategy):
         Multiple of the ensemble's standard deviation added to predicted accuracy (0: the mean alone).
     """
 
-    def __init__(self, *, initial_queries: int = 16, queries_per_round: int = 8, candidates_per_round: int = 500,
+    def __init__(self, *, initial_queries: int = 16, queries_per_round: int = 16, candidates_per_round: int = 500,
                  pretrain_samples: int = 2000, latency_cap: float | None = None, objective: str = "accuracy",
                  metric: str = "default", latency_metric: str = "latency", max_queries: int | None = None,
                  seed: int | None = None, rank_weight_k: float = 1e-2, latent: int = 16, hidden: int = 64,
