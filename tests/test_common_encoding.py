@@ -158,6 +158,9 @@ def test_generator_learns_to_reconstruct_and_generates_valid_samples(tiny, one_t
     generated = vae.generate(200, rng)
     assert all(space.contains(s) for s in generated)
     assert len({encoding.key(s) for s in generated}) > 100  # the prior decodes to many architectures, not a few
+    anchor = encoding.encode_many(held_out[:2])
+    near = vae.generate_near(anchor, np.array([1.0, 0.0]), 50, rng, temperature=0.1, sample=False)
+    assert np.mean([s == held_out[0] for s in near]) >= 0.8  # close to the anchor drawn (the first: weight 1)
 
 
 # --- Pareto functions -------------------------------------------------------------------------------------------

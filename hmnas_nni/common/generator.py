@@ -69,6 +69,17 @@ class ArchitectureVAE(nn.Module):
         return self.encoding.decode_many(logits, rng if sample else None)
 
     @torch.no_grad()
+    def generate_near(self, x: np.ndarray, weights: np.ndarray, n: int, rng: np.random.Generator,
+                      temperature: float = 1.0, sample: bool = True) -> list[Sample]:
+        """``n`` valid samples decoded from the latent Gaussians of rows of ``x`` (standard deviations scaled by
+        ``temperature``), each row drawn as the anchor with probability proportional to its weight."""
+        anchors = rng.choice(len(x), size=n, p=np.asarray(weights, dtype=np.float64) / np.sum(weights))
+        mu, logvar = self.encode(torch.from_numpy(np.asarray(x, dtype=np.float32)[anchors]))
+        noise = torch.from_numpy(rng.standard_normal((n, self.latent)).astype(np.float32))
+        logits = self.decode(mu + temperature * (0.5 * logvar).exp() * noise).numpy()
+        return self.encoding.decode_many(logits, rng if sample else None)
+
+    @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Latent means of vectors ``x`` (the architectures' places in latent space)."""
         return self.encode(x)[0]

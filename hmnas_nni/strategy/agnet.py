@@ -112,6 +112,9 @@ class AGNet(Strategy):
         Standard deviation of the latent prior the candidates are drawn from.
     random_fraction
         Share of each round's candidates drawn uniformly from the space instead of generated (exploration).
+    local_fraction
+        Share of the generated candidates decoded near queried architectures (latent Gaussians of queries drawn in
+        proportion to their rank weights) instead of from the prior.
     exploration
         Multiple of the ensemble's standard deviation added to predicted accuracy (0: the mean alone).
     """
@@ -121,10 +124,10 @@ class AGNet(Strategy):
                  metric: str = "default", latency_metric: str = "latency", max_queries: int | None = None,
                  seed: int | None = None, rank_weight_k: float = 1e-2, latent: int = 16, hidden: int = 64,
                  pretrain_epochs: int = 20, members: int = 3, fit: JointFit | None = None, temperature: float = 1.0,
-                 random_fraction: float = 0.1, exploration: float = 0.0) -> None:
+                 random_fraction: float = 0.1, local_fraction: float = 0.0, exploration: float = 0.0) -> None:
         super().__init__()
         _check_arguments(initial_queries, queries_per_round, candidates_per_round, pretrain_samples, latency_cap,
-                         objective, max_queries, rank_weight_k, random_fraction)
+                         objective, max_queries, rank_weight_k, random_fraction, local_fraction)
         self.initial_queries, self.queries_per_round = initial_queries, queries_per_round
         self.candidates_per_round, self.pretrain_samples = candidates_per_round, pretrain_samples
         self.latency_cap, self.objective = latency_cap, objective
@@ -133,6 +136,7 @@ class AGNet(Strategy):
         self.rank_weight_k, self.latent, self.hidden = rank_weight_k, latent, hidden
         self.pretrain_epochs, self.members, self.fit = pretrain_epochs, members, fit or JointFit()
         self.temperature, self.random_fraction, self.exploration = temperature, random_fraction, exploration
+        self.local_fraction = local_fraction
         self._history: list[Query] = []
         self._models: dict[int, ExecutableModelSpace] = {}  # history index -> model object (not in the state dict)
         self._running: dict[int, int] = {}  # id(model) -> history index
@@ -261,7 +265,7 @@ class AGNet(Strategy):
         data = self._round_data(round_)
         vae, surrogate = self._fit(data, round_)
         rng = np.random.default_rng([self.seed, 1, round_])
-        candidates = self._candidates(vae, rng, self._seen(before=round_))
+        candidates = self._candidates(vae, data, rng, self._seen(before=round_))
         if not candidates:
             return []
         x = torch.from_numpy(self.encoding.encode_many(candidates))
@@ -293,15 +297,24 @@ class AGNet(Strategy):
             vae = ArchitectureVAE(self.encoding, self.latent, self.hidden)
             vae.load_state_dict(self._pretrained)
             surrogate = Surrogate(feature_size(vae, self.fit.reads), data.targets.shape[1], members=self.members)
-        weights = 1.0 / (self.rank_weight_k * len(data.ranks) + data.ranks)
-        fit_jointly(vae, surrogate, data.x, data.targets, weights, self.fit, seed=self.seed * 1000 + round_)
+        fit_jointly(vae, surrogate, data.x, data.targets, self._weights(data), self.fit, seed=self.seed * 1000 + round_)
         return vae, surrogate
 
-    def _candidates(self, vae: ArchitectureVAE, rng: np.random.Generator, seen: set[SampleKey]) -> list[Sample]:
-        """Generated and random candidates, unique and unseen (random ones top up what generation misses)."""
+    def _weights(self, data: _Round) -> np.ndarray:
+        """Rank weights ``1 / (k N + rank)`` of the round's queries (the weighted-retraining rule)."""
+        return 1.0 / (self.rank_weight_k * len(data.ranks) + data.ranks)
+
+    def _candidates(self, vae: ArchitectureVAE, data: _Round, rng: np.random.Generator,
+                    seen: set[SampleKey]) -> list[Sample]:
+        """Generated (from the prior, and near the weighted queries) and random candidates, unique and unseen
+        (random ones top up what generation misses)."""
         n_random = int(round(self.random_fraction * self.candidates_per_round))
+        n_near = int(round(self.local_fraction * (self.candidates_per_round - n_random)))
+        generated = vae.generate(self.candidates_per_round - n_random - n_near, rng, self.temperature)
+        if n_near:
+            generated += vae.generate_near(data.x, self._weights(data), n_near, rng, self.temperature)
         found: dict[SampleKey, Sample] = {}
-        for sample in vae.generate(self.candidates_per_round - n_random, rng, self.temperature):
+        for sample in generated:
             key = self.encoding.key(sample)
             if key not in seen and self.encoding.valid(sample):
                 found.setdefault(key, sample)
@@ -450,7 +463,7 @@ def _reference(accuracy: np.ndarray, latency: np.ndarray, cap: float | None) -> 
 
 def _check_arguments(initial_queries: int, queries_per_round: int, candidates_per_round: int, pretrain_samples: int,
                      latency_cap: float | None, objective: str, max_queries: int | None, rank_weight_k: float,
-                     random_fraction: float) -> None:
+                     random_fraction: float, local_fraction: float) -> None:
     """A one-line error for an argument that cannot work."""
     if objective not in OBJECTIVES:
         raise UsageError(f"AGNet(objective={objective!r}) is not known; use one of {list(OBJECTIVES)}")
@@ -466,5 +479,6 @@ def _check_arguments(initial_queries: int, queries_per_round: int, candidates_pe
         raise UsageError(f"AGNet(latency_cap={latency_cap}) must be a positive latency, or None for no cap")
     if not rank_weight_k > 0:
         raise UsageError(f"AGNet(rank_weight_k={rank_weight_k}) must be positive (weights 1 / (k N + rank))")
-    if not 0 <= random_fraction <= 1:
-        raise UsageError(f"AGNet(random_fraction={random_fraction}) must lie in [0, 1]")
+    for name, value in (("random_fraction", random_fraction), ("local_fraction", local_fraction)):
+        if not 0 <= value <= 1:
+            raise UsageError(f"AGNet({name}={value}) must lie in [0, 1]")
