@@ -272,8 +272,8 @@ class AGNet(Strategy):
         with torch.no_grad():
             mean, std = surrogate.predict(features(vae, x, self.fit.reads))
         accuracy, latency = data.unscale(mean)
-        accuracy = accuracy + self.exploration * std[:, 0] * data.scale[1][0]
-        order = self._select(data, accuracy, latency)
+        optimistic = accuracy + self.exploration * std[:, 0] * data.scale[1][0]  # ranks; the mean is recorded
+        order = self._select(data, optimistic, latency)
         picks = []
         for i in order[:self.queries_per_round]:
             predicted = {"accuracy": float(accuracy[i])}
