@@ -5,26 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from .multitrial import add_trial_options
 from .options import json_object
 
 
 def add_arch_trial_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``hmnas arch-trial``."""
-    from hmnas_nni.experiments.multitrial import MultiTrialPlan
-
-    d = MultiTrialPlan()
     p = sub.add_parser("arch-trial", help="train one architecture of a space as an NNI trial (multi-trial tuners)",
                        description="Under nnictl the sample comes from the tuner (nni.get_next_parameter); outside "
                                    "NNI pass it with --sample. Reports accuracy, latency and params.")
     p.one_line = True
-    p.add_argument("--space", default=d.space, help="project space name or an NNI model space as an import path")
-    p.add_argument("--space-args", type=json_object, default=None, help="space arguments as a JSON object")
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--subset", type=int, default=d.subset, help="training images, half to train, half to validate")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_trial_options(p)
     p.add_argument("--sample", type=json_object, default=None, help="the architecture {label: value} outside NNI")
     p.add_argument("--out", default=None, help="output folder outside NNI (NNI's trial folder under NNI)")
     p.add_argument("--force", action="store_true", help="replace the results another run left in --out")

@@ -19,6 +19,21 @@ def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
         description="Every trial trains one architecture of the space (hmnas retrain's recipe) on half of --subset, "
                     "validates it on the other half and measures its latency in ONNX Runtime; writes trials.json as "
                     "trials finish, then result.json (best, Pareto set) and front.png to --out.")
+    add_trial_options(p)
+    p.add_argument("--strategy", choices=STRATEGY_NAMES, default=d.strategy)
+    p.add_argument("--trials", type=int, default=d.trials, help="trained trials (the query budget)")
+    p.add_argument("--latency-cap", type=float, default=None, help="AG-Net: rank architectures over this many ms last")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out (trained trials are reused)")
+    p.set_defaults(func=run_multitrial_command)
+
+
+def add_trial_options(p: argparse.ArgumentParser) -> None:
+    """How each trial's network is built and trained: shared by ``multitrial`` and ``arch-trial``."""
+    from hmnas_nni.experiments.multitrial import MultiTrialPlan
+
+    d = MultiTrialPlan()
     p.add_argument("--space", default=d.space, help="project space name or an NNI model space as an import path")
     p.add_argument("--space-args", type=json_object, default=None, help="space arguments as a JSON object")
     p.add_argument("--dataset", default=d.dataset, help="digits, fashion-mnist or cifar10")
@@ -26,14 +41,7 @@ def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=int, default=d.subset, help="training images, half to train, half to validate")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs of each trial")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--strategy", choices=STRATEGY_NAMES, default=d.strategy)
-    p.add_argument("--trials", type=int, default=d.trials, help="trained trials (the query budget)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--latency-cap", type=float, default=None, help="AG-Net: rank architectures over this many ms last")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out (trained trials are reused)")
-    p.set_defaults(func=run_multitrial_command)
 
 
 def run_multitrial_command(args: argparse.Namespace) -> int:
