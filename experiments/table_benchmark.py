@@ -121,9 +121,10 @@ def run_benchmark(out: str | Path, datasets: list[str] | None = None, names: lis
 
 
 def _run_all(folder: Path, plan: dict[str, Any], workers: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every run of the plan: read back where ``folder`` already holds it, else searched in a worker pool."""
+    """Every run of the plan: read back where ``folder`` already holds it, else searched in a worker pool, seed by
+    seed (a stopped benchmark has whole seeds of every dataset and strategy)."""
     jobs = [(n, d, s, plan["queries"])
-            for d in plan["datasets"] for s in range(plan["seeds"]) for n in plan["strategies"]]
+            for s in range(plan["seeds"]) for d in plan["datasets"] for n in plan["strategies"]]
     done = {job: run for job in jobs if (run := _saved(folder, job)) is not None}
     todo = [job for job in jobs if job not in done]
     log(f"table benchmark: {len(jobs)} runs ({len(done)} already done), {workers} worker(s) -> {folder.parent}")
