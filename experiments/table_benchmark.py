@@ -76,6 +76,8 @@ def one_run(job: tuple[str, str, int, int]) -> dict[str, Any]:
     # the all-skip architecture has no table entry: NNI logs each such failed query with a traceback, and the run
     # counts them itself (failed_queries)
     logging.getLogger("nni.nas.execution.sequential").setLevel(logging.CRITICAL)
+    # NNI's strategies log every sample; the benchmark's log keeps one line per run
+    logging.getLogger("nni.nas.strategy").setLevel(logging.WARNING)
     started = time.perf_counter()
     records = run_table_search(strategies()[name](seed), dataset, queries, seed)
     seconds = time.perf_counter() - started
