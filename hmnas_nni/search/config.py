@@ -18,7 +18,7 @@ from hmnas_nni.format.errors import UsageError
 from hmnas_nni.nas.defaults import DEFAULTS
 
 from .data import DATASETS
-from .strategies import STRATEGIES
+from .strategies import MEMORY_BUFFER, STRATEGIES
 
 #: Lightning strategies a search may run under: one process, or one supernet replicated over ``devices``.
 DISTRIBUTED = ("auto", "ddp")
@@ -85,6 +85,9 @@ class SearchConfig:
                                                 "--out when --latency-table is not given)")
     latency_weight: float = option(DEFAULTS.latency_weight, "HM-NAS: weight of the latency-target term")
     family: int | None = option(None, "HM-NAS: also write K nested networks ranked by latency to --out/family/")
+    # ENAS with a memory of past architectures
+    memory_buffer: int | None = option(None, f"enas-memory: past architectures the controller is also trained on "
+                                             f"(default {MEMORY_BUFFER}; --strategy enas has none)")
     # where to run
     accelerator: str = option("auto", "Lightning accelerator", choices=ACCELERATORS)
     devices: int = option(1, "devices (processes under --distributed ddp)")
@@ -107,6 +110,7 @@ class SearchConfig:
         _check_numbers(self)
         _check_where(self)
         _check_hardware(self)
+        _check_memory(self)
         return self
 
     @classmethod
@@ -196,6 +200,17 @@ def _check_hardware(c: SearchConfig) -> None:
         if not isinstance(c.latency_table, str) or not os.path.isfile(c.latency_table):
             raise UsageError(f"latency_table {c.latency_table!r} is not a file; measure one with `hmnas latency "
                              "--space SPACE --out FILE`, or leave it out with --latency-target to measure one here")
+
+
+def _check_memory(c: SearchConfig) -> None:
+    if c.memory_buffer is None:
+        return
+    if c.strategy != "enas-memory":
+        raise UsageError(f"--memory-buffer: an enas-memory option, not --strategy {c.strategy}'s; drop it or pass "
+                         "--strategy enas-memory")
+    if not _is_int(c.memory_buffer) or c.memory_buffer < 1:
+        raise UsageError(f"memory_buffer must be a positive integer (architectures), got {c.memory_buffer!r}; "
+                         f"leave it out for {MEMORY_BUFFER}, or pass --strategy enas for ENAS without a memory")
 
 
 def _check_where(c: SearchConfig) -> None:

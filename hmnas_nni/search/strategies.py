@@ -23,6 +23,7 @@ class StrategyKnobs(Protocol):
     latency_table: str | None
     latency_target: float | None
     latency_weight: float
+    memory_buffer: int | None
 
     def schedule(self) -> tuple[int, int]: ...
 
@@ -48,15 +49,36 @@ def _nni(name: str) -> Callable[[StrategyKnobs], Any]:
     return build
 
 
-def _enas(knobs: StrategyKnobs) -> Any:
+def _require_enas() -> None:
+    """Refuse in one line when NNI's ENAS controller cannot run here (its packages are not installed)."""
     from hmnas_nni.format.errors import UsageError
 
-    from .nni_enas import LightningENAS, enas_missing
+    from .nni_enas import enas_missing
 
     missing = enas_missing()
     if missing:
         raise UsageError(missing)
+
+
+def _enas(knobs: StrategyKnobs) -> Any:
+    from .nni_enas import LightningENAS
+
+    _require_enas()
     return LightningENAS(warmup_epochs=knobs.schedule()[0], reward_metric_name="val_acc")
+
+
+#: Architectures the memory of ``enas-memory`` holds when the config does not say.
+MEMORY_BUFFER = 64
+
+
+def _enas_memory(knobs: StrategyKnobs) -> Any:
+    """ENAS whose controller is also trained on a memory of past architectures (``hmnas_nni.search.enas_memory``)."""
+    from .enas_memory import MemoryENAS
+
+    _require_enas()
+
+    size = knobs.memory_buffer if knobs.memory_buffer is not None else MEMORY_BUFFER
+    return MemoryENAS(memory_buffer=size, warmup_epochs=knobs.schedule()[0], reward_metric_name="val_acc")
 
 
 def _random(knobs: StrategyKnobs) -> Any:
@@ -71,6 +93,7 @@ REGISTRY: dict[str, Callable[[StrategyKnobs], Any]] = {
     "darts": _nni("DARTS"),
     "gumbel-darts": _nni("GumbelDARTS"),
     "enas": _enas,
+    "enas-memory": _enas_memory,
     "random-oneshot": _random,
     "proxyless": _nni("Proxyless"),
 }
