@@ -265,6 +265,9 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
     if strategy == "enas":
         enas_ready()
         notes.append("ENAS ran as hmnas_nni.search.nni_enas.LightningENAS (NNI's ENAS with tagged batches)")
+    elif strategy == "enas-memory":
+        enas_ready()
+        notes.append("ENAS with a memory of past architectures ran as hmnas_nni.search.enas_memory.MemoryENAS")
     config = search_config(plan, strategy, seed, folder)
     if plan.get("threads"):
         torch.set_num_threads(plan["threads"])

@@ -1,4 +1,4 @@
-"""``hmnas``: search, trial, show, retrain, export, bench, compare, latency, table-bench, multitrial and arch-trial.
+"""``hmnas``: search, trial, show, retrain, export, bench, compare, latency and the other commands listed below.
 
 Every subcommand's errors go through one table (:mod:`hmnas_nni.cli.errors`): a known error prints one line
 and exits with its status; anything else (a bug) is a traceback. SIGTERM and SIGINT stop a command with
@@ -16,6 +16,7 @@ from typing import Any
 
 from .arch_trial import add_arch_trial_parser
 from .compare import add_compare_parser
+from .controller_similarity import add_controller_similarity_parser
 from .errors import classify
 from .export import add_bench_parser, add_export_parser, add_retrain_parser
 from .latency import add_latency_parser
@@ -28,7 +29,7 @@ from .trial import add_trial_parser
 
 COMMANDS = (add_search_parser, add_trial_parser, add_show_parser, add_retrain_parser, add_export_parser,
             add_bench_parser, add_compare_parser, add_latency_parser, add_table_bench_parser,
-            add_multitrial_parser, add_arch_trial_parser)
+            add_multitrial_parser, add_arch_trial_parser, add_controller_similarity_parser)
 
 
 class _DropNoise(logging.Filter):

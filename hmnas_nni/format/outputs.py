@@ -39,7 +39,7 @@ RESULT_NAMES = frozenset({
     "model.safetensors", "config.json", "model.onnx", "model_fp16.onnx", "parity.json",
     "bench.json", "bench.csv", "bench.png", "results.json", "results.csv", "table.md", "acc_vs_params.png",
     "acc_vs_time.png", "runs", "architectures.json", "latency_table.json", "family", "spaces.json", "spaces.png",
-    "latency_fit.json", "latency_fit.png", MANIFEST,
+    "latency_fit.json", "latency_fit.png", "controller_similarity.json", "controller_similarity.png", MANIFEST,
 })
 
 

@@ -65,3 +65,20 @@ def as_tensor(architectures: Sequence[Sequence[int]], like: nn.Module) -> torch.
     """Rows of choice indices as a long tensor on the device of ``like``'s parameters."""
     device = next(like.parameters()).device
     return torch.tensor([list(a) for a in architectures], dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def sample(actor: nn.Module, num_choices: Sequence[int], count: int,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` architectures drawn from the controller choice by choice, as its own sampling draws them, and the
+    entropy (nats) of each step's distribution, averaged over the draws: (count, n) and (n,)."""
+    device = next(actor.parameters()).device
+    steps = len(num_choices)
+    actions = torch.zeros(count, steps, dtype=torch.long, device=device)
+    entropy = torch.zeros(steps)
+    for t in range(steps):
+        probs, _state = actor(observations(actions, num_choices, torch.full((count,), t, device=device)))
+        probs = probs[:, :num_choices[t]].double().cpu()
+        actions[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+        entropy[t] = float(-(probs * probs.clamp_min(MIN_PROB).log()).sum(1).mean())
+    return actions, entropy

@@ -88,6 +88,8 @@ class RememberingGenerator:
         self.generator, self.memory = generator, memory
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("generator", "memory"):  # not yet set (a copy being built): never look them up in themselves
+            raise AttributeError(name)
         return getattr(self.generator, name)  # everything else is NNI's generator's
 
     def send_reward(self, reward: float) -> Any:
@@ -119,8 +121,8 @@ class MemoryEnasModule(EnasLightningModule):
         """NNI's step (weights, reward, PPO); then a replay step when this step rewarded the ``replay_every``-th."""
         seen = self.memory.added
         output = super().training_step(batch_packed, batch_idx)
-        if self.memory.added > seen and self.memory.added % self.replay_every == 0:
-            self.replay_step()
+        if self.memory.added > seen and self.memory.added % self.replay_every == 0 and self.replay_step():
+            self.log("controller/replay_loss", self.last_replay["loss"], on_step=True, on_epoch=False)
         return output
 
     def replay_loss(self) -> torch.Tensor | None:
@@ -148,8 +150,7 @@ class MemoryEnasModule(EnasLightningModule):
             loss.backward()
             self._replay_optimizer.step()
         self.replay_steps += 1
-        self.last_replay = {"loss": float(loss), "memory": float(len(self.memory))}
-        self.log("controller/replay_loss", float(loss), on_step=True, on_epoch=False)
+        self.last_replay = {"loss": float(loss.detach()), "memory": float(len(self.memory))}
         return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
