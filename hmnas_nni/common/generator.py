@@ -139,3 +139,16 @@ def pretrain(model: ArchitectureVAE, samples: list[Sample], *, epochs: int = 20,
             history.append(total / len(x))
     model.eval()
     return history
+
+
+def pretrained_vae(encoding: SpaceEncoding, *, samples: int, seed: int, latent: int = 16, hidden: int = 64,
+                   epochs: int = 20, kl_weight: float = 0.05) -> tuple[ArchitectureVAE, list[float]]:
+    """A VAE over ``encoding`` (weights seeded by ``seed``) pre-trained on ``samples`` seeded random samples of the
+    space, with its loss per epoch (none when ``samples`` is 0)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = ArchitectureVAE(encoding, latent, hidden)
+    if not samples:
+        return vae.eval(), []
+    drawn = encoding.random_samples(samples, np.random.default_rng([seed, 2]))
+    return vae, pretrain(vae, drawn, epochs=epochs, kl_weight=kl_weight, seed=seed)
