@@ -12,8 +12,10 @@ search's last checkpoint, draws ``samples`` architectures, and for every pair of
 A controller whose state encodes its past choices puts architectures that differ in more choices further apart:
 the Pearson (and Spearman) correlation of the two distances over all pairs is the measure. Pairs of identical
 architectures are left out (they are at distance 0 in both, and a controller that repeats itself would score
-well by repeating). Each run is also measured with an untrained controller of the same shape (seeded with the
-run's seed), the reference that training should move away from. Writes ``controller_similarity.json`` and
+well by repeating). A controller that has concentrated on a few architectures is measured on few, close ones, so
+each trained controller is also measured on ``samples`` architectures drawn uniformly from the space (the same
+draws for every run), and an untrained controller of the same shape (seeded with the run's seed) on its own
+samples: the reference that training should move away from. Writes ``controller_similarity.json`` and
 ``controller_similarity.png`` to ``--out``.
 """
 
@@ -75,7 +77,8 @@ def find_runs(folder: Path, strategies: Sequence[str]) -> list[dict[str, Any]]:
         return [_search_run(folder, strategies, explicit=True)]
     found = [_search_run(s, strategies, explicit=False) for s in sorted(folder.glob("runs/*/search"))
              if (s / "metrics.json").is_file()]
-    found = [run for run in found if run is not None]
+    found = sorted((run for run in found if run is not None),
+                   key=lambda run: (list(strategies).index(run["strategy"]), run["seed"]))
     if not found:
         raise UsageError(f"{folder} holds no finished search of {' or '.join(strategies)} (no metrics.json there nor "
                          "in runs/*/search/); pass a search folder or an `hmnas compare` folder that ran them")
@@ -125,7 +128,8 @@ def run_similarity(plan: dict[str, Any], log: Callable[[str], None] = print) -> 
         folder.commit(RESULTS[0])
     for name, summary in doc["summary"].items():
         log(f"{name}: Pearson {_fmt(summary['pearson_mean'])} ± {_fmt(summary['pearson_std'])} over "
-            f"{summary['runs']} run(s) (untrained controller {_fmt(summary['untrained_pearson_mean'])})")
+            f"{summary['runs']} run(s) (on uniform architectures {_fmt(summary['uniform_pearson_mean'])}, "
+            f"untrained controller {_fmt(summary['untrained_pearson_mean'])})")
     log(f"wrote {Path(plan['out']) / RESULTS[0]}, {RESULTS[1]}")
     return 0
 
@@ -136,17 +140,32 @@ def _fmt(value: float | None) -> str:
 
 def _row_line(row: dict[str, Any]) -> str:
     trained, untrained = row["trained"], row["untrained"]
-    return (f"Pearson {_fmt(trained['pearson'])} (untrained {_fmt(untrained['pearson'])}), "
+    return (f"Pearson {_fmt(trained['pearson'])} (on uniform architectures {_fmt(row['trained_uniform']['pearson'])}"
+            f", untrained controller {_fmt(untrained['pearson'])}), "
             f"{trained['distinct']} distinct of {trained['samples']}, entropy {trained['entropy']:.2f} nats/choice")
 
 
 def measure_run(run: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    """The trained controller of one search and an untrained one of the same shape, measured alike."""
+    """The trained controller on its own samples and on uniform ones; an untrained one of the same shape on its own."""
+    from hmnas_nni.search.controller import sample
+
     trained, num_choices, labels = restore_controller(Path(run["folder"]), plan["data_root"])
     untrained = fresh_controller(num_choices, run["seed"])
+    n, seed = plan["samples"], plan["seed"]
+    own, entropy = sample(trained, num_choices, n, torch.Generator().manual_seed(seed))
+    theirs, untrained_entropy = sample(untrained, num_choices, n, torch.Generator().manual_seed(seed))
     return {"labels": labels, "num_choices": list(num_choices),
-            "trained": pair_statistics(trained, num_choices, plan["samples"], plan["seed"]),
-            "untrained": pair_statistics(untrained, num_choices, plan["samples"], plan["seed"])}
+            "trained": {**pair_statistics(trained, own, num_choices, seed), "entropy": float(entropy.mean()),
+                        "step_entropy": entropy.tolist()},
+            "trained_uniform": pair_statistics(trained, uniform(num_choices, n, seed), num_choices, seed),
+            "untrained": {**pair_statistics(untrained, theirs, num_choices, seed),
+                          "entropy": float(untrained_entropy.mean())}}
+
+
+def uniform(num_choices: Sequence[int], samples: int, seed: int) -> torch.Tensor:
+    """``samples`` architectures drawn uniformly from the space (every choice independent): (samples, n)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(n, (samples,), generator=g) for n in num_choices], dim=1)
 
 
 # --------------------------------------------------------------------------- controllers
@@ -193,19 +212,18 @@ def fresh_controller(num_choices: Sequence[int], seed: int) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------- the measure
-def pair_statistics(actor: torch.nn.Module, num_choices: Sequence[int], samples: int, seed: int) -> dict[str, Any]:
-    """Sample, keep the distinct architectures, and correlate hidden-state distances with edit distances."""
-    from hmnas_nni.search.controller import hidden_states, sample
+def pair_statistics(actor: torch.nn.Module, drawn: torch.Tensor, num_choices: Sequence[int],
+                    seed: int) -> dict[str, Any]:
+    """Keep the distinct architectures of ``drawn`` and correlate hidden-state distances with edit distances."""
+    from hmnas_nni.search.controller import hidden_states
 
-    drawn, entropy = sample(actor, num_choices, samples, torch.Generator().manual_seed(seed))
     distinct = torch.unique(drawn, dim=0)
     with torch.no_grad():
-        states = hidden_states(actor, distinct, num_choices).double().cpu()
+        states = hidden_states(actor, distinct.to(next(actor.parameters()).device), num_choices).double().cpu()
     edits, hidden = pair_distances(distinct.cpu(), states)
     pearson, spearman = correlations(edits, hidden)
-    return {"samples": samples, "distinct": len(distinct), "pairs": len(edits), "pearson": pearson,
-            "spearman": spearman, "entropy": float(entropy.mean()), "step_entropy": entropy.tolist(),
-            "mean_edit_distance": float(edits.mean()) if len(edits) else None,
+    return {"samples": len(drawn), "distinct": len(distinct), "pairs": len(edits), "pearson": pearson,
+            "spearman": spearman, "mean_edit_distance": float(edits.mean()) if len(edits) else None,
             "hidden_by_edit": _hidden_by_edit(edits, hidden), "points": _points(edits, hidden, seed)}
 
 

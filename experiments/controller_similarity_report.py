@@ -10,6 +10,11 @@ import numpy as np
 from hmnas_nni.format.figures import png_bytes, pyplot
 
 FORMAT = "hmnas-controller-similarity/1"
+#: (summary key prefix, row part, what it is): the trained controller on its own samples and on uniform ones, and an
+#: untrained controller on its own samples.
+PARTS = (("", "trained"), ("uniform_", "trained_uniform"), ("untrained_", "untrained"))
+LEGEND = {"trained": "trained, own samples", "trained_uniform": "trained, uniform samples",
+          "untrained": "untrained, own samples"}
 
 
 def record(plan: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -18,7 +23,11 @@ def record(plan: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
             "hidden_state": "the controller's state after reading all of an architecture's choices (NNI's default "
                             "ENAS actor: LSTM + fully connected layer), Euclidean distance",
             "edit_distance": "number of the space's simplified choices on which two architectures differ",
-            "pairs": "every pair of distinct sampled architectures", "rows": rows, "summary": summarize(rows)}
+            "pairs": "every pair of distinct sampled architectures",
+            "parts": {"trained": "the search's controller on architectures it samples",
+                      "trained_uniform": "the search's controller on architectures drawn uniformly from the space",
+                      "untrained": "an untrained controller of the same shape on architectures it samples"},
+            "rows": rows, "summary": summarize(rows)}
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -35,9 +44,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == name]
         entry: dict[str, Any] = {"runs": len(mine), "seeds": [r["seed"] for r in mine]}
-        for prefix, part in (("", "trained"), ("untrained_", "untrained")):
+        for prefix, part in PARTS:
             for key in ("pearson", "spearman", "entropy", "distinct"):
-                entry[f"{prefix}{key}_mean"], entry[f"{prefix}{key}_std"] = _mean_std([r[part][key] for r in mine])
+                entry[f"{prefix}{key}_mean"], entry[f"{prefix}{key}_std"] = _mean_std([r[part].get(key) for r in mine])
         summary[name] = entry
     return summary
 
@@ -72,15 +81,16 @@ def _scatter(ax: Any, row: dict[str, Any], color: Any, shift: float, label: str 
 
 
 def _bars(ax: Any, rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], colors: dict[str, Any]) -> None:
-    """Pearson correlation per strategy, trained and untrained, with each run as a dot."""
+    """Pearson correlation per strategy and part (module's PARTS), with each run as a dot."""
     names = list(summary)
+    width = 0.8 / len(PARTS)
     for i, name in enumerate(names):
-        for j, (part, prefix) in enumerate((("trained", ""), ("untrained", "untrained_"))):
-            x = i + 0.38 * (j - 0.5)
+        for j, (prefix, part) in enumerate(PARTS):
+            x = i + width * (j - (len(PARTS) - 1) / 2)
             mean, std = summary[name][f"{prefix}pearson_mean"], summary[name][f"{prefix}pearson_std"]
             if mean is not None:
-                ax.bar(x, mean, width=0.35, yerr=std, color=colors[name], alpha=1.0 if j == 0 else 0.35,
-                       capsize=3, label=f"{name} ({part})")
+                ax.bar(x, mean, width=width * 0.9, yerr=std, color=colors[name], alpha=(1.0, 0.6, 0.25)[j],
+                       capsize=3, label=f"{name}: {LEGEND[part]}")
             runs = [r[part]["pearson"] for r in rows if r["strategy"] == name and r[part]["pearson"] is not None]
             ax.scatter([x] * len(runs), runs, color="black", s=8, zorder=3)
     ax.axhline(0, color="grey", lw=0.8)

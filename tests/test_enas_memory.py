@@ -138,7 +138,7 @@ def test_controller_similarity_writes_its_record_and_plot(searches: dict[str, tu
     doc = json.loads((out / "controller_similarity.json").read_text())
     assert [r["strategy"] for r in doc["rows"]] == ["enas", "enas-memory"]
     for row in doc["rows"]:
-        for part in ("trained", "untrained"):
+        for part in ("trained", "trained_uniform", "untrained"):
             stats = row[part]
             assert stats["samples"] == 24 and 3 <= stats["distinct"] <= 24
             assert -1.0 <= stats["pearson"] <= 1.0 and -1.0 <= stats["spearman"] <= 1.0
