@@ -1,4 +1,4 @@
-"""Multi-trial NAS with trained trials: AG-Net or NNI's own strategies on an NNI model space, each trial trained.
+"""Multi-trial NAS with trained trials: AG-Net, NASES or NNI's own strategies on an NNI model space, each trained.
 
 Every trial freezes one sample of the space (NNI's ``space.freeze``), trains the network with ``hmnas retrain``'s
 recipe on one half of the training subset, measures its accuracy on the other half (the search's validation
@@ -40,7 +40,7 @@ from hmnas_nni.spaces import build_space, data_args, fit_input
 
 _logger = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("agnet", "agnet-pareto", "random", "evolution", "tpe")
+STRATEGY_NAMES = ("agnet", "agnet-pareto", "nases", "random", "evolution", "tpe")
 
 
 @dataclass
@@ -80,6 +80,7 @@ def make_strategy(plan: MultiTrialPlan) -> Any:
     from nni.nas.strategy import TPE, Random, RegularizedEvolution
 
     from hmnas_nni.strategy.agnet import AGNet
+    from hmnas_nni.strategy.nases import NASES
 
     initial = max(4, plan.trials // 4)
     per_round = max(2, plan.trials // 8)
@@ -87,6 +88,8 @@ def make_strategy(plan: MultiTrialPlan) -> Any:
         objective = "pareto" if plan.strategy == "agnet-pareto" else "accuracy"
         return AGNet(seed=plan.seed, initial_queries=initial, queries_per_round=per_round, objective=objective,
                      latency_cap=plan.latency_cap, max_queries=plan.trials)
+    if plan.strategy == "nases":
+        return NASES(seed=plan.seed, batch_size=per_round, latency_cap=plan.latency_cap, max_queries=plan.trials)
     if plan.strategy == "evolution":
         return RegularizedEvolution(population_size=initial, sample_size=max(2, initial // 2), seed=plan.seed)
     if plan.strategy == "tpe":

@@ -41,11 +41,12 @@ NNI_BASELINES = ("random", "evolution", "tpe", "rl")
 
 
 def strategies() -> dict[str, StrategyFactory]:
-    """Every strategy the benchmark can run, by name: AG-Net (by accuracy, and Pareto) and NNI's baselines."""
+    """Every strategy the benchmark can run, by name: AG-Net (by accuracy, and Pareto), NASES and NNI's baselines."""
     from hmnas_nni.strategy.agnet import AGNet
+    from hmnas_nni.strategy.nases import NASES
 
     return {"agnet": lambda seed: AGNet(seed=seed), "agnet-pareto": lambda seed: AGNet(seed=seed, objective="pareto"),
-            **nni_strategies()}
+            "nases": lambda seed: NASES(seed=seed), **nni_strategies()}
 
 
 @cache

@@ -1,4 +1,5 @@
-"""``hmnas multitrial``: AG-Net or NNI's multi-trial strategies with trained trials (accuracy, latency, params)."""
+"""``hmnas multitrial``: AG-Net, NASES or NNI's multi-trial strategies with trained trials (accuracy, latency,
+params)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
 
     d = MultiTrialPlan()
     p = sub.add_parser(
-        "multitrial", help="multi-trial search with trained trials: AG-Net or NNI's Random/Evolution/TPE",
+        "multitrial", help="multi-trial search with trained trials: AG-Net, NASES or NNI's Random/Evolution/TPE",
         description="Every trial trains one architecture of the space (hmnas retrain's recipe) on half of --subset, "
                     "validates it on the other half and measures its latency in ONNX Runtime; writes trials.json as "
                     "trials finish, then result.json (best, Pareto set) and front.png to --out.")
     add_trial_options(p)
     p.add_argument("--strategy", choices=STRATEGY_NAMES, default=d.strategy)
     p.add_argument("--trials", type=int, default=d.trials, help="trained trials (the query budget)")
-    p.add_argument("--latency-cap", type=float, default=None, help="AG-Net: rank architectures over this many ms last")
+    p.add_argument("--latency-cap", type=float, default=None,
+                   help="AG-Net: rank architectures over this many ms last; NASES: latency term of the reward")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out (trained trials are reused)")

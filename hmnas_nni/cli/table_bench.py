@@ -1,4 +1,4 @@
-"""``hmnas table-bench``: AG-Net against NNI's multi-trial strategies on NAS-Bench-Graph's tables, many seeds."""
+"""``hmnas table-bench``: AG-Net and NASES against NNI's multi-trial strategies on NAS-Bench-Graph's tables."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ def add_table_bench_parser(sub: argparse._SubParsersAction) -> None:
     from hmnas_nni.experiments.table_benchmark import DEFAULT_DATASETS
 
     p = sub.add_parser(
-        "table-bench", help="sample efficiency on NAS-Bench-Graph: AG-Net against NNI's strategies, many seeds",
+        "table-bench", help="sample efficiency on NAS-Bench-Graph: AG-Net, NASES and NNI's strategies, many seeds",
         description="Search NAS-Bench-Graph's tables (shipped by the nas-bench-graph package) with every strategy and "
                     "seed, by validation performance; write results.json, table.md, curves.png (test performance of "
                     "the best by validation against queries) and hypervolume.png (the found performance-latency "
                     "front) to --out.")
     p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated NAS-Bench-Graph datasets")
     p.add_argument("--strategies", default=None,
-                   help="comma-separated: agnet, agnet-pareto, random, evolution, tpe, rl (default: all)")
+                   help="comma-separated: agnet, agnet-pareto, nases, random, evolution, tpe, rl (default: all)")
     p.add_argument("--seeds", type=int, default=30, help="seeds per strategy and dataset (0 .. N-1)")
     p.add_argument("--queries", type=int, default=300, help="queries per search")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
