@@ -40,7 +40,7 @@ from hmnas_nni.spaces import build_space, data_args, fit_input
 
 _logger = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("agnet", "agnet-pareto", "nases", "random", "evolution", "tpe")
+STRATEGY_NAMES = ("agnet", "agnet-pareto", "nases", "random", "evolution", "tpe", "rl")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class MultiTrialPlan:
 
 def make_strategy(plan: MultiTrialPlan) -> Any:
     """The strategy of ``plan``, sized for a budget of tens of trials (NNI's defaults assume hundreds)."""
-    from nni.nas.strategy import TPE, Random, RegularizedEvolution
+    from nni.nas.strategy import TPE, PolicyBasedRL, Random, RegularizedEvolution
 
     from hmnas_nni.strategy.agnet import AGNet
     from hmnas_nni.strategy.nases import NASES
@@ -94,6 +94,9 @@ def make_strategy(plan: MultiTrialPlan) -> Any:
         return RegularizedEvolution(population_size=initial, sample_size=max(2, initial // 2), seed=plan.seed)
     if plan.strategy == "tpe":
         return TPE(optimize_mode="maximize", seed=plan.seed)
+    if plan.strategy == "rl":
+        torch.manual_seed(plan.seed)  # NNI's PolicyBasedRL (PPO) draws from torch's global generator
+        return PolicyBasedRL(samples_per_update=per_round)
     return Random(seed=plan.seed)
 
 

@@ -76,3 +76,26 @@ def test_a_resumed_multitrial_search_trains_nothing_twice(trials: Path) -> None:
     after = json.loads((trials / "trials.json").read_text())
     assert [t["sample"] for t in after] == [t["sample"] for t in before]
     assert all(t["reused"] for t in after) and [t["metrics"] for t in after] == [t["metrics"] for t in before]
+
+
+MT_BENCH = ["multitrial-bench", "--space", "nb201", "--space-args", '{"channels": 4}', "--dataset", "digits",
+            "--subset", "256", "--epochs", "1", "--batch-size", "32", "--trials", "2", "--strategies", "nases,random",
+            "--seeds", "1"]
+
+
+def test_the_trained_trial_benchmark_summarises_what_each_run_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([*MT_BENCH, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert [(r["strategy"], r["seed"]) for r in doc["runs"]] == [("nases", 0), ("random", 0)]
+    for run in doc["runs"]:
+        recorded = json.loads((out / "runs" / f"{run['strategy']}-seed0" / "trials.json").read_text())
+        assert run["trials"] == recorded and len(recorded) == 2
+        best = doc["summary"][run["strategy"]]["best_mean"]
+        assert best == list(np.maximum.accumulate([t["metrics"]["accuracy"] for t in recorded]))
+        assert 0 <= doc["summary"][run["strategy"]]["hypervolume"][0] <= 1
+    assert {"results.json", "table.md", "curves.png", "fronts.png"} <= set(
+        json.loads((out / "manifest.json").read_text())["files"])
+    assert main([*MT_BENCH, "--out", str(out), "--resume"]) == 0  # every run finished: read back, nothing trained
+    assert json.loads((out / "results.json").read_text())["runs"] == doc["runs"]
+    assert main([*MT_BENCH[:-4], "--strategies", "nases,hyperband", "--out", str(tmp_path / "bad")]) == 2

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import TYPE_CHECKING, Any
 
 from .options import json_object
+
+if TYPE_CHECKING:
+    from hmnas_nni.experiments.multitrial import MultiTrialPlan
 
 
 def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +33,30 @@ def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out (trained trials are reused)")
     p.set_defaults(func=run_multitrial_command)
+    add_multitrial_bench_parser(sub)
 
 
-def add_trial_options(p: argparse.ArgumentParser) -> None:
+def add_multitrial_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``hmnas multitrial-bench``."""
+    from hmnas_nni.experiments.multitrial import STRATEGY_NAMES, MultiTrialPlan
+
+    p = sub.add_parser(
+        "multitrial-bench", help="trained trials, side by side: several multi-trial strategies, same budget, seeds",
+        description="Run hmnas multitrial for every strategy and seed (same space, data, training and trial budget) "
+                    "into --out/runs/, then write results.json, table.md, curves.png (best accuracy against trials) "
+                    "and fronts.png (every run's accuracy-latency Pareto set) to --out.")
+    add_trial_options(p, seed=False)
+    p.add_argument("--strategies", default="agnet,nases,evolution,random,rl",
+                   help=f"comma-separated, of: {', '.join(STRATEGY_NAMES)}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (0 .. N-1)")
+    p.add_argument("--trials", type=int, default=MultiTrialPlan().trials, help="trained trials of every run")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
+    p.add_argument("--resume", action="store_true", help="continue a stopped benchmark in --out (same plan)")
+    p.set_defaults(func=run_multitrial_bench_command)
+
+
+def add_trial_options(p: argparse.ArgumentParser, seed: bool = True) -> None:
     """How each trial's network is built and trained: shared by ``multitrial`` and ``arch-trial``."""
     from hmnas_nni.experiments.multitrial import MultiTrialPlan
 
@@ -43,17 +68,37 @@ def add_trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, default=d.subset, help="training images, half to train, half to validate")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs of each trial")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
+    if seed:
+        p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _plan(args: argparse.Namespace, **extra: Any) -> MultiTrialPlan:
+    """The multi-trial plan of the shared trial options."""
+    from hmnas_nni.experiments.multitrial import MultiTrialPlan
+
+    return MultiTrialPlan(space=args.space, space_args=args.space_args, dataset=args.dataset,
+                          data_root=args.data_root, subset=args.subset, epochs=args.epochs,
+                          batch_size=args.batch_size, trials=args.trials, seed=getattr(args, "seed", 0), **extra)
+
+
+def run_multitrial_bench_command(args: argparse.Namespace) -> int:
+    """Run the benchmark; print its table."""
+    from hmnas_nni.experiments.multitrial_benchmark import markdown, run_multitrial_benchmark
+
+    plan = _plan(args)
+    command = "hmnas " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = run_multitrial_benchmark(plan, args.out, [s.strip() for s in args.strategies.split(",")],
+                                       seeds=args.seeds, force=args.force, resume=args.resume, command=command,
+                                       log=lambda line: print(line, flush=True))
+    print(markdown(summary, plan, command))
+    return 0
 
 
 def run_multitrial_command(args: argparse.Namespace) -> int:
     """Run the search; print the best trial and the Pareto set's size."""
-    from hmnas_nni.experiments.multitrial import MultiTrialPlan, run_multitrial
+    from hmnas_nni.experiments.multitrial import run_multitrial
 
-    plan = MultiTrialPlan(space=args.space, space_args=args.space_args, dataset=args.dataset,
-                          data_root=args.data_root, subset=args.subset, epochs=args.epochs,
-                          batch_size=args.batch_size, strategy=args.strategy, trials=args.trials, seed=args.seed,
-                          latency_cap=args.latency_cap)
+    plan = _plan(args, strategy=args.strategy, latency_cap=args.latency_cap)
     command = "hmnas " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_multitrial(plan, args.out, force=args.force, resume=args.resume, command=command,
                              log=lambda line: print(line, flush=True))
