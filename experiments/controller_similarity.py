@@ -110,7 +110,7 @@ def _search_run(folder: Path, strategies: Sequence[str], explicit: bool) -> dict
 
 # --------------------------------------------------------------------------- running
 def run_similarity(plan: dict[str, Any], log: Callable[[str], None] = print) -> int:
-    """Measure every run of ``plan`` and write the JSON record and the plot; 0 when every run was measured."""
+    """Measure every run of ``plan`` and write the JSON record and the plot (0; a run that fails raises)."""
     from hmnas_nni.search.nni_enas import enas_missing
 
     missing = enas_missing()
@@ -127,18 +127,20 @@ def run_similarity(plan: dict[str, Any], log: Callable[[str], None] = print) -> 
         write_json(folder.staged(RESULTS[0]), doc)
         folder.commit(RESULTS[0])
     for name, summary in doc["summary"].items():
-        log(f"{name}: Pearson {_fmt(summary['pearson_mean'])} ± {_fmt(summary['pearson_std'])} over "
+        log(f"{name}: Pearson {_fmt(summary['pearson_mean'])} ± {_fmt(summary['pearson_std'], sign='')} over "
             f"{summary['runs']} run(s) (on uniform architectures {_fmt(summary['uniform_pearson_mean'])}, "
             f"untrained controller {_fmt(summary['untrained_pearson_mean'])})")
     log(f"wrote {Path(plan['out']) / RESULTS[0]}, {RESULTS[1]}")
     return 0
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.3f}"
+def _fmt(value: float | None, sign: str = "+") -> str:
+    """A correlation for the log (n/a where it is undefined)."""
+    return "n/a" if value is None else f"{value:{sign}.3f}"
 
 
 def _row_line(row: dict[str, Any]) -> str:
+    """One log line for a measured run."""
     trained, untrained = row["trained"], row["untrained"]
     return (f"Pearson {_fmt(trained['pearson'])} (on uniform architectures {_fmt(row['trained_uniform']['pearson'])}"
             f", untrained controller {_fmt(untrained['pearson'])}), "

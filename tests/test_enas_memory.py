@@ -28,7 +28,7 @@ def _search(folder: Path, strategy: str, **extra: Any) -> Any:
     from hmnas_nni.search.config import SearchConfig
     from hmnas_nni.search.run import run_search
 
-    return run_search(SearchConfig(strategy=strategy, out=str(folder), **TINY, **extra))
+    return run_search(SearchConfig(strategy=strategy, out=str(folder), **{**TINY, **extra}))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,14 @@ def test_the_replay_loss_is_reinforce_on_the_best_architectures(searches: dict[s
     assert module.replay_step()
     assert any(not torch.equal(a, p) for a, p in zip(before, actor.parameters()))  # the controller moved
     assert float(module.replay_loss()) < float(loss)  # towards the memory's best
+
+
+def test_a_resumed_search_keeps_its_memory(searches: dict[str, tuple[Path, Any]], tmp_path: Path) -> None:
+    folder, first = searches["enas-memory"]
+    resumed = _search(tmp_path, "enas-memory", memory_buffer=MEMORY, resume=str(folder), epochs=3)
+    module = resumed.strategy.oneshot_module
+    assert module.memory.added == 16 and len(module.memory) == MEMORY  # 8 rewards kept, 8 more in the new epoch
+    assert module.replay_steps > first.strategy.oneshot_module.replay_steps
 
 
 def test_log_probs_are_the_controllers_own(searches: dict[str, tuple[Path, Any]]) -> None:

@@ -154,9 +154,11 @@ class MemoryEnasModule(EnasLightningModule):
         return True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the memory in the checkpoint, so a resumed search replays the architectures seen so far."""
         checkpoint[CHECKPOINT_KEY] = {"memory": self.memory.state_dict(), "replay_steps": self.replay_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The memory a checkpoint kept (none in one written before the memory existed)."""
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is not None:
             self.memory.load_state_dict(saved["memory"])
