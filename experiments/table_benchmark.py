@@ -164,7 +164,8 @@ def _saved(folder: Path, job: tuple[str, str, int, int]) -> dict[str, Any] | Non
 
 def summarise(runs: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:
     """Per dataset and strategy: best-so-far test performance and regret, and hypervolume, at each budget (mean and
-    standard deviation over seeds); and the queries each AG-Net needs to reach the best NNI baseline's final mean."""
+    standard deviation over seeds); and the queries each of the project's strategies needs to reach the best NNI
+    baseline's final mean."""
     out: dict[str, Any] = {}
     budgets = [b for b in BUDGETS if b <= plan["queries"]]
     for dataset in plan["datasets"]:
@@ -185,16 +186,16 @@ def summarise(runs: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any
 
 
 def _reach(rows: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    """For each AG-Net: the first query from which its mean curve stays at or above the best NNI baseline's final
-    mean (the test performance of the best by validation can drop as validation improves, so a first touch is not
-    enough)."""
+    """For each of the project's strategies (AG-Net, NASES): the first query from which its mean curve stays at or
+    above the best NNI baseline's final mean (the test performance of the best by validation can drop as validation
+    improves, so a first touch is not enough)."""
     baselines = [n for n in rows if n in NNI_BASELINES]
     if not baselines:
         return {}
     best = max(baselines, key=lambda n: rows[n]["mean_curve"][-1])
     target = rows[best]["mean_curve"][-1]
     reach = {"baseline": best, "baseline_final": target}
-    for name in (n for n in rows if n.startswith("agnet")):
+    for name in (n for n in rows if n not in NNI_BASELINES):
         curve = rows[name]["mean_curve"]
         below = [i for i, v in enumerate(curve) if v is None or not v >= target]
         reach[name] = None if below and below[-1] == len(curve) - 1 else (below[-1] + 2 if below else 1)
@@ -217,7 +218,7 @@ def markdown(summary: dict[str, Any], plan: dict[str, Any]) -> str:
         reach = d["reach"]
         if reach:
             said = ", ".join(f"{n} at query {q}" if q else f"{n} not within {plan['queries']}"
-                             for n, q in reach.items() if n.startswith("agnet"))
+                             for n, q in reach.items() if n not in ("baseline", "baseline_final"))
             lines += ["", f"Best NNI baseline: {reach['baseline']} ({100 * reach['baseline_final']:.2f}% after "
                           f"{plan['queries']} queries); reached by {said}.", ""]
     return "\n".join(lines) + "\n"
