@@ -88,6 +88,10 @@ class SearchConfig:
     # ENAS with a memory of past architectures
     memory_buffer: int | None = option(None, f"enas-memory: past architectures the controller is also trained on "
                                              f"(default {MEMORY_BUFFER}; --strategy enas has none)")
+    # compute budget
+    budget: str | None = option(None, "wall-clock budget of the whole search, e.g. 90s, 4m, 1h (a bare number is "
+                                      "seconds): the search stops at a step boundary in time to export what it has; "
+                                      "--epochs still caps it")
     # where to run
     accelerator: str = option("auto", "Lightning accelerator", choices=ACCELERATORS)
     devices: int = option(1, "devices (processes under --distributed ddp)")
@@ -111,6 +115,7 @@ class SearchConfig:
         _check_where(self)
         _check_hardware(self)
         _check_memory(self)
+        _check_budget(self)
         return self
 
     @classmethod
@@ -211,6 +216,17 @@ def _check_memory(c: SearchConfig) -> None:
     if not _is_int(c.memory_buffer) or c.memory_buffer < 1:
         raise UsageError(f"memory_buffer must be a positive integer (architectures), got {c.memory_buffer!r}; "
                          f"leave it out for {MEMORY_BUFFER}, or pass --strategy enas for ENAS without a memory")
+
+
+def _check_budget(c: SearchConfig) -> None:
+    if c.budget is None:
+        return
+    from hmnas_nni.format.budget import budget_seconds
+
+    budget_seconds(c.budget)
+    if c.distributed == "ddp":
+        raise UsageError("--budget under --distributed ddp is not supported (each process would stop at its own "
+                         "step); drop one of them")
 
 
 def _check_where(c: SearchConfig) -> None:

@@ -21,7 +21,7 @@ from hmnas_nni.format.errors import UsageError
 from hmnas_nni.format.files import atomic_path
 
 #: SearchConfig fields that may differ between a run and its resume (where to run, how to show it, budget).
-RESUMABLE_CHANGES = frozenset({"out", "resume", "epochs", "progress", "num_workers", "accelerator", "devices",
+RESUMABLE_CHANGES = frozenset({"out", "resume", "epochs", "budget", "progress", "num_workers", "accelerator", "devices",
                                "distributed", "force"})
 
 

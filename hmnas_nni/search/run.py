@@ -34,13 +34,16 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
 from hmnas_nni.format.architecture import Architecture
+from hmnas_nni.format.budget import budget_seconds
 from hmnas_nni.format.errors import UsageError, interruption_in
 from hmnas_nni.format.files import write_atomic
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.format.progress import on_terminal
 from hmnas_nni.format.weights import SUPERNET_FORMAT
+from hmnas_nni.nas.budget import BudgetClock
 from hmnas_nni.nas.derive import network_weights
 
+from .budget import BudgetStop
 from .config import SearchConfig
 from .inputs import SearchInputs, search_inputs
 from .monitor import SearchMonitor, write_metrics
@@ -88,6 +91,7 @@ class _Run:
     stopper: GracefulStop
     strategy: Any
     experiment: NasExperiment
+    clock: BudgetClock | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -117,6 +121,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
     (:class:`SearchInterrupted`) propagates after ``metrics.json`` records it; the checkpoints stay.
     Under ``distributed="ddp"`` every rank runs this function; only rank 0 claims the folder and writes results.
     """
+    started = time.perf_counter()  # a budget counts from here: loading data and starting NNI spend it too
     config.validate()
     if extras is None and _needs_extras(config):
         raise UsageError("--latency-target and --family need latency measurements: run them through `hmnas search`, "
@@ -134,7 +139,8 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         if folder is not None:
             folder.clear_previous(writes=IN_PLACE)
             _measure_latency_table(config, inputs, extras)
-        run = _prepare(config, inputs, extras, on_epoch_end, resume_from, saved_epoch)
+        clock = BudgetClock(budget_seconds(config.budget), started) if config.budget is not None else None
+        run = _prepare(config, inputs, extras, on_epoch_end, resume_from, saved_epoch, clock)
         try:
             seconds = _fit(run)
             return _finish(run, folder, seconds)
@@ -173,7 +179,8 @@ def _measure_latency_table(config: SearchConfig, inputs: SearchInputs, extras: S
 
 
 def _prepare(config: SearchConfig, inputs: SearchInputs, extras: SearchExtras | None,
-             on_epoch_end: Callable[[dict], None] | None, resume_from: Path | None, saved_epoch: int | None) -> _Run:
+             on_epoch_end: Callable[[dict], None] | None, resume_from: Path | None, saved_epoch: int | None,
+             clock: BudgetClock | None = None) -> _Run:
     """Evaluator, callbacks, strategy and NasExperiment of one search."""
     out = Path(config.out)
     monitor = SearchMonitor(config, inputs.space, inputs.val, on_epoch_end)
@@ -181,15 +188,19 @@ def _prepare(config: SearchConfig, inputs: SearchInputs, extras: SearchExtras | 
     stopper = GracefulStop(out / "checkpoints")
     checkpoint = EpochCheckpoint(out / "checkpoints", saved_epoch=saved_epoch)
     callbacks = [SearchState(asdict(config), samplers), monitor, checkpoint, stopper]
+    if clock is not None:
+        callbacks.append(BudgetStop(clock))  # last: its epoch-end check follows the monitor's and checkpoint's work
     evaluator = _evaluator(config, inputs, samplers, callbacks)
     if resume_from is not None:
         # what NNI's OneShotStrategy.load_state_dict({"ckpt_path": ...}) does, set before the run starts
         evaluator.fit_kwargs.update(ckpt_path=str(resume_from), weights_only=True)
     strategy = make_strategy(config)
+    if clock is not None and hasattr(strategy, "use_budget"):
+        strategy.use_budget(clock)  # a budget-aware strategy plans on the same clock
     experiment = NasExperiment(inputs.space, evaluator, strategy)
     rank_dir = "nni" if is_global_zero() else f"nni-rank{os.environ.get('RANK', os.environ.get('LOCAL_RANK'))}"
     experiment.config.experiment_working_directory = str((out / rank_dir).resolve())
-    return _Run(config, inputs, extras, monitor, checkpoint, stopper, strategy, experiment)
+    return _Run(config, inputs, extras, monitor, checkpoint, stopper, strategy, experiment, clock)
 
 
 def _evaluator(config: SearchConfig, inputs: SearchInputs, samplers: list[EpochSampler],
@@ -271,6 +282,10 @@ def _finish(run: _Run, folder: OutputFolder | None, seconds: float) -> SearchRes
     _draw(result.architecture, folder.staged("cells.png"), run.inputs.space)
     if run.extras is not None and _needs_extras(run.config):
         final.update(run.extras.finish(result, run.config, run.inputs, folder.staging))
+    budget = _find_callback(run.strategy, BudgetStop)
+    if budget is not None or run.clock is not None:
+        clock = budget.clock if budget is not None else run.clock
+        final.update(clock.record())  # spent up to the last write but the metrics themselves
     write_metrics(folder.staging, run.config, run.inputs.space, history, status="finished", final=final)
     folder.commit("metrics.json")
     return result

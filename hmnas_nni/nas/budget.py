@@ -1,0 +1,84 @@
+"""A wall-clock budget as a search spends it: step and epoch-end times measured, when to stop, what was spent.
+
+The clock runs from ``started`` (``run_search`` passes the moment it was called, so start-up counts). A search
+stops after the step at which one more step, the end-of-epoch work (validation, derivation, checkpoint: measured
+at every epoch end, guessed before the first) and the finishing writes would overrun the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+#: Seconds kept for the last writes (architecture, supernet, drawing, metrics) besides the epoch-end work.
+FINISH_SECONDS = 2.0
+#: Fraction of the budget kept on top, against jitter of the measured times.
+MARGIN = 0.02
+#: Before the first epoch end is measured, its work is guessed as this many training steps per training batch.
+FIRST_EPOCH_END_GUESS = 0.75
+#: Weight of the newest step time in the running estimate (the estimate is never below the newest step).
+STEP_SMOOTHING = 0.3
+
+
+class BudgetClock:
+    """Elapsed time against a budget; step and epoch-end durations measured as the search runs."""
+
+    def __init__(self, seconds: float, started: float | None = None) -> None:
+        if not seconds > 0:
+            raise ValueError(f"a budget must be > 0 seconds, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.started = time.perf_counter() if started is None else started
+        self.step_seconds: float | None = None
+        self.epoch_end_seconds: float | None = None
+        self.steps = 0
+        self.epochs = 0
+        self.stopped_by_budget = False
+        self._mark: float | None = None
+        self._epoch_ended_at: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+    def epoch_started(self) -> None:
+        """A training epoch begins: the previous epoch's end-of-epoch work is over, measure it."""
+        now = time.perf_counter()
+        if self._epoch_ended_at is not None:
+            self.epoch_end_seconds = now - self._epoch_ended_at
+        self.epochs += 1
+        self._mark = now
+
+    def epoch_ended(self) -> None:
+        """The epoch's own end-of-epoch work (validation, derivation, checkpoint) is done: measure it so far."""
+        if self._epoch_ended_at is not None:
+            self.epoch_end_seconds = time.perf_counter() - self._epoch_ended_at
+
+    def step_ended(self) -> float:
+        """One training step is done: update the step-time estimate; the step's seconds."""
+        now = time.perf_counter()
+        took = now - (self._mark if self._mark is not None else now)
+        self._mark = self._epoch_ended_at = now
+        self.steps += 1
+        smooth = took if self.step_seconds is None else (1 - STEP_SMOOTHING) * self.step_seconds + STEP_SMOOTHING * took
+        self.step_seconds = max(smooth, took)
+        return took
+
+    def reserve(self, batches_per_epoch: int) -> float:
+        """Seconds kept for the end of the epoch and the finishing writes."""
+        end = self.epoch_end_seconds
+        if end is None:
+            end = FIRST_EPOCH_END_GUESS * batches_per_epoch * (self.step_seconds or 0.0)
+        return end + FINISH_SECONDS + MARGIN * self.seconds
+
+    def must_stop(self, batches_per_epoch: int, more_steps: int = 1) -> bool:
+        """Whether ``more_steps`` more steps would leave too little for the epoch end and the finish."""
+        step = self.step_seconds or 0.0
+        return self.elapsed() + more_steps * step + self.reserve(batches_per_epoch) >= self.seconds
+
+    def record(self) -> dict[str, Any]:
+        """What was spent: the budget, seconds so far, epochs begun, training steps, whether the budget stopped it."""
+        return {"budget_seconds": self.seconds, "spent_seconds": self.elapsed(), "budget_epochs": self.epochs,
+                "budget_steps": self.steps, "stopped_by_budget": self.stopped_by_budget,
+                "step_seconds": self.step_seconds, "epoch_end_seconds": self.epoch_end_seconds}
