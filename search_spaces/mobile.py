@@ -3,6 +3,7 @@ kernel {3,5,7} x expansion {3,6} (plus skip where shapes allow), then a 1x1 conv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,7 +18,8 @@ STAGES = ((1, 1), (1, 1), (2, 2), (2, 1), (4, 2), (4, 1))
 
 
 class MobileNet(ClassifierNet):
-    def __init__(self, in_channels: int, channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, channels: int, num_classes: int,
+                 ops: Callable[[int, int, int], dict[str, nn.Module]] = mobile_ops) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
@@ -26,7 +28,7 @@ class MobileNet(ClassifierNet):
         c_prev = channels
         for i, (mult, stride) in enumerate(STAGES):
             c = channels * mult
-            blocks.append(LayerChoice(mobile_ops(c_prev, c, stride), label=f"block_{i}"))
+            blocks.append(LayerChoice(ops(c_prev, c, stride), label=f"block_{i}"))
             c_prev = c
         self.blocks = nn.Sequential(*blocks)
         self.num_features = 4 * c_prev

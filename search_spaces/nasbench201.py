@@ -7,6 +7,7 @@ behind the edges is read from the supernet's first forward pass, not declared he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,12 +25,12 @@ EDGES = tuple((i, j) for j in range(1, NUM_NODES + 1) for i in range(j))  # (src
 class NasBench201SearchCell(nn.Module):
     """Every edge ``i -> j`` is a ``LayerChoice``; node ``j`` is the sum of its edges."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, ops: Callable[[int], dict[str, nn.Module]] = nb201_ops) -> None:
         super().__init__()
         self.edges = nn.ModuleDict()
         with label_scope("cell"):
             for i, j in EDGES:
-                self.edges[f"{i}_{j}"] = LayerChoice(nb201_ops(channels), label=f"{i}_{j}")
+                self.edges[f"{i}_{j}"] = LayerChoice(ops(channels), label=f"{i}_{j}")
         self.edge_src = [i for i, _ in EDGES]
         self.edge_dst = [j for _, j in EDGES]
 
@@ -49,7 +50,8 @@ class NasBench201SearchCell(nn.Module):
 class NasBench201Net(ClassifierNet):
     """Stem, three stages of cells with residual reductions between them, pooled linear head."""
 
-    def __init__(self, in_channels: int, channels: int, cells_per_stage: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, channels: int, cells_per_stage: int, num_classes: int,
+                 ops: Callable[[int], dict[str, nn.Module]] = nb201_ops) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
@@ -59,7 +61,7 @@ class NasBench201Net(ClassifierNet):
             c = channels * 2**stage
             if stage > 0:
                 layers.append(ResNetBasicBlock(c_prev, c))
-            layers.extend(NasBench201SearchCell(c) for _ in range(cells_per_stage))
+            layers.extend(NasBench201SearchCell(c, ops) for _ in range(cells_per_stage))
             c_prev = c
         self.cells = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=False))

@@ -17,8 +17,11 @@ from .base import ProjectSpace
 from .darts import DartsSpace
 from .mobile import MobileSpace
 from .nasbench201 import NasBench201Space
+from .superkernel_spaces import MobileSuperKernelSpace, NasBench201SuperKernelSpace
 
-SPACES: dict[str, type[ProjectSpace]] = {cls.name: cls for cls in (DartsSpace, NasBench201Space, MobileSpace)}
+SPACES: dict[str, type[ProjectSpace]] = {cls.name: cls for cls in (DartsSpace, NasBench201Space, MobileSpace,
+                                                                     NasBench201SuperKernelSpace,
+                                                                     MobileSuperKernelSpace)}
 #: Constructor arguments an imported space may take, filled from the data when the user does not give them.
 DATA_ARGS = {"num_classes": "num_classes", "num_labels": "num_classes", "in_channels": "in_channels",
              "in_chans": "in_channels", "input_size": "input_size"}

@@ -30,6 +30,8 @@ TINY_SPACE_ARGS: dict[str, dict[str, int]] = {
     "nb201": {"channels": 4},
     "darts": {"channels": 4, "num_cells": 3},
     "mobile": {"channels": 4},
+    "nb201-sk": {"channels": 4},
+    "mobile-sk": {"channels": 4},
 }
 
 
