@@ -205,7 +205,7 @@ def _reach(rows: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
 def markdown(summary: dict[str, Any], plan: dict[str, Any]) -> str:
     """The tables the docs show: test performance (mean ± sd) and hypervolume at each budget, per dataset."""
     budgets = [str(b) for b in BUDGETS if b <= plan["queries"]]
-    lines = [f"{plan['seeds']} seeds, {plan['queries']} queries; `{plan['command']}`", ""]
+    lines = [f"{plan['seeds']} seeds, {plan['queries']} queries; `{plan['command']}`", "", *overview(summary, plan)]
     for dataset, d in summary.items():
         lines += [f"### {dataset} (table's best test: {100 * d['table_best_test']:.2f}%)", "",
                   "| strategy | " + " | ".join(f"test @{b}" for b in budgets) + " | "
@@ -222,6 +222,33 @@ def markdown(summary: dict[str, Any], plan: dict[str, Any]) -> str:
             lines += ["", f"Best NNI baseline: {reach['baseline']} ({100 * reach['baseline_final']:.2f}% after "
                           f"{plan['queries']} queries); reached by {said}.", ""]
     return "\n".join(lines) + "\n"
+
+
+def overview(summary: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """Across datasets: each project strategy's final test performance and the query from which it stays above the
+    best NNI baseline's final; and each strategy's hypervolume at each budget against the best NNI baseline's."""
+    ours = [n for n in plan["strategies"] if n not in NNI_BASELINES]
+    if not ours or not any(n in NNI_BASELINES for n in plan["strategies"]):
+        return []
+    final = str(plan["queries"]) if plan["queries"] in BUDGETS else str(max(b for b in BUDGETS if b <= plan["queries"]))
+    budgets = [str(b) for b in BUDGETS if b <= plan["queries"]]
+    lines = ["| dataset | best NNI baseline (final test) | " + " | ".join(f"{n}: final, stays above from" for n in ours)
+             + " |", "|---|---|" + "---|" * len(ours)]
+    for dataset, d in summary.items():
+        reach, rows = d["reach"], d["strategies"]
+        cells = [f"{100 * rows[n]['test'][final][0]:.2f}%, " + (f"query {reach[n]}" if reach.get(n) else "never")
+                 for n in ours]
+        lines.append(f"| {dataset} | {reach['baseline']} {100 * reach['baseline_final']:.2f}% | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "| dataset | strategy | " + " | ".join(f"HV @{b} (best NNI)" for b in budgets) + " |",
+              "|---|---|" + "---|" * len(budgets)]
+    for dataset, d in summary.items():
+        rows = d["strategies"]
+        nni = {b: max(rows[n]["hypervolume"][b][0] for n in rows if n in NNI_BASELINES) for b in budgets}
+        for name in ours:
+            lines.append(f"| {dataset} | {name} | " + " | ".join(
+                f"{rows[name]['hypervolume'][b][0]:.3f} ({nni[b]:.3f})" for b in budgets) + " |")
+    return lines + [""]
 
 
 def plot_curves(runs: list[dict[str, Any]], plan: dict[str, Any]) -> bytes:
