@@ -9,7 +9,7 @@ from typing import Any
 # ("... is found to be not a nn.Module"); the one-shot strategies work regardless.
 warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 
-__all__ = ["HMNAS", "Architecture", "ArchitectureError"]
+__all__ = ["HMNAS", "NASIB", "Architecture", "ArchitectureError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,6 +18,10 @@ def __getattr__(name: str) -> Any:
         from hmnas_nni.nas.strategy import HMNAS
 
         return HMNAS
+    if name == "NASIB":
+        from hmnas_nni.nas.nasib import NASIB
+
+        return NASIB
     if name in ("Architecture", "ArchitectureError"):
         from hmnas_nni.format import architecture
 

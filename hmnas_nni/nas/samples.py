@@ -11,6 +11,9 @@ from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.spaces.catalogue import catalogue
 from hmnas_nni.spaces.registry import space_identity
 
+#: Strategies whose export is HM-NAS's multi-level form (kept ops and inputs with weights).
+MULTI_LEVEL = ("hmnas", "nasib")
+
 
 def architecture_from_export(sample: dict[str, Any], supernet: nn.Module, strategy: str = "hmnas",
                              input_shape: list[int] | None = None) -> Architecture:
@@ -45,6 +48,6 @@ def architecture_from_nni(sample: dict[str, Any], space: nn.Module, strategy: st
 def architecture_of(sample: dict[str, Any], supernet: nn.Module, strategy: str,
                     input_shape: list[int] | None = None) -> Architecture:
     """Any strategy's export as a document: HMNAS's multi-level export, or an NNI strategy's sample."""
-    if strategy == "hmnas":
+    if strategy in MULTI_LEVEL:
         return architecture_from_export(sample, supernet, strategy, input_shape)
     return architecture_from_nni(sample, supernet, strategy, input_shape)

@@ -282,13 +282,22 @@ def _finish(run: _Run, folder: OutputFolder | None, seconds: float) -> SearchRes
     _draw(result.architecture, folder.staged("cells.png"), run.inputs.space)
     if run.extras is not None and _needs_extras(run.config):
         final.update(run.extras.finish(result, run.config, run.inputs, folder.staging))
-    budget = _find_callback(run.strategy, BudgetStop)
-    if budget is not None or run.clock is not None:
-        clock = budget.clock if budget is not None else run.clock
-        final.update(clock.record())  # spent up to the last write but the metrics themselves
+    final.update(_spent(run))
     write_metrics(folder.staging, run.config, run.inputs.space, history, status="finished", final=final)
     folder.commit("metrics.json")
     return result
+
+
+def _spent(run: _Run) -> dict[str, Any]:
+    """What a budgeted search spent (up to the last write but the metrics) and a budget-aware strategy's plan."""
+    own = run.strategy.record() if hasattr(run.strategy, "record") else {}
+    budget = _find_callback(run.strategy, BudgetStop)
+    clock = budget.clock if budget is not None else run.clock
+    if clock is None:
+        return own
+    spent = clock.record()
+    spent["stopped_by_budget"] = spent["stopped_by_budget"] or bool(own.get("stopped_by_budget"))
+    return {**own, **spent}
 
 
 def _draw(arch: Architecture, path: Path, space: torch.nn.Module) -> None:

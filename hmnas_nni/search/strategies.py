@@ -24,6 +24,7 @@ class StrategyKnobs(Protocol):
     latency_target: float | None
     latency_weight: float
     memory_buffer: int | None
+    budget: str | None
 
     def schedule(self) -> tuple[int, int]: ...
 
@@ -81,6 +82,14 @@ def _enas_memory(knobs: StrategyKnobs) -> Any:
     return MemoryENAS(memory_buffer=size, warmup_epochs=knobs.schedule()[0], reward_metric_name="val_acc")
 
 
+def _nasib(knobs: StrategyKnobs) -> Any:
+    """NASIB: HM-NAS's knobs, its schedule planned from ``--budget`` (which the config requires for it)."""
+    from hmnas_nni.nas.nasib import NASIB
+
+    return NASIB(budget=knobs.budget, arc_learning_rate=knobs.arc_lr, mask_learning_rate=knobs.mask_lr,
+                 tau=knobs.tau, mask_init=knobs.mask_init, sparsity=knobs.sparsity)
+
+
 def _random(knobs: StrategyKnobs) -> Any:
     from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
@@ -96,6 +105,7 @@ REGISTRY: dict[str, Callable[[StrategyKnobs], Any]] = {
     "enas-memory": _enas_memory,
     "random-oneshot": _random,
     "proxyless": _nni("Proxyless"),
+    "nasib": _nasib,
 }
 STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
 

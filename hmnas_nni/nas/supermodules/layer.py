@@ -34,6 +34,8 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
     """A ``LayerChoice`` relaxed at the operation level (and, with a gate, the edge level)."""
 
     _arch_parameter_names: list[str] = ["_arch_alpha", "_edge_gate"]
+    #: A candidate index set by a path-sampling step (NASIB's exploration): only it runs, unweighted.
+    sampled: int | None = None
 
     def __init__(self, paths: dict[str, nn.Module] | list[nn.Module], alpha: nn.Parameter, op_masks: MaskScores,
                  label: str, edge_gate: nn.Parameter | None = None, edge_masks: MaskScores | None = None) -> None:
@@ -100,6 +102,8 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
             return dict(zip(self.op_masks.live, self.weights().tolist()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sampled is not None:
+            return self[self.names[self.sampled]](x)
         if not self.edge_open():
             return x.new_zeros(self._output_shape(x))
         w = self.weights()
