@@ -41,7 +41,8 @@ from hmnas_nni.search.strategies import STRATEGIES
 
 from .compare_report import ratio_lines, write_results
 
-ALL_STRATEGIES = STRATEGIES
+#: Strategies compared by default; ``nasib`` joins them by name, with a ``time_budget`` (it plans from one).
+ALL_STRATEGIES = tuple(s for s in STRATEGIES if s != "nasib")
 
 
 
@@ -92,7 +93,7 @@ def make_plan(budget: str = "tiny", space: str | None = None, strategies: str | 
               batch_size: int | None = None, space_args: dict[str, Any] | None = None, retrain: int = 0,
               retrain_limit: int | None = None, threads: int | None = None, latency: bool = True,
               data_root: str | None = None, accelerator: str = "auto", out: str | None = None, force: bool = False,
-              command: str = "") -> dict[str, Any]:
+              command: str = "", time_budget: str | None = None) -> dict[str, Any]:
     """Resolve a budget and its overrides into one JSON-able plan, every value checked before any search runs."""
     if budget not in BUDGETS:
         raise UsageError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
@@ -100,9 +101,9 @@ def make_plan(budget: str = "tiny", space: str | None = None, strategies: str | 
     space = space or b.space
     names = [s.strip() for s in strategies.split(",") if s.strip()] if isinstance(strategies, str) else \
         list(strategies or ALL_STRATEGIES)
-    unknown = [s for s in names if s not in ALL_STRATEGIES]
+    unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names:
-        raise UsageError(f"unknown strategies {unknown}; choose from {list(ALL_STRATEGIES)}")
+        raise UsageError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     plan = {
         "budget": budget, "space": space, "dataset": b.dataset, "epochs": _given(epochs, b.epochs),
         "subset": _given(subset, b.subset), "batch_size": _given(batch_size, b.batch_size),
@@ -111,10 +112,15 @@ def make_plan(budget: str = "tiny", space: str | None = None, strategies: str | 
         "retrain_limit": b.retrain_limit if retrain_limit is None else (retrain_limit or None),
         "threads": _given(threads, b.threads), "latency": bool(latency), "data_root": data_root,
         "accelerator": accelerator, "out": str(out if out is not None else f"runs/compare-{budget}"), "force": force,
-        "command": command,
+        "command": command, "time_budget": time_budget,
     }
     _check_plan(plan)
     return plan
+
+
+#: What a search under ``--time-budget`` spent and planned, copied into its row.
+BUDGET_FIELDS = ("budget_seconds", "spent_seconds", "budget_epochs", "budget_steps", "stopped_by_budget",
+                 "nasib_phases", "nasib_step_seconds")
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -148,13 +154,18 @@ def _check_plan(plan: dict[str, Any]) -> None:
             search_config(plan, strategy, seed, Path(plan["out"])).validate()
 
 
+#: NASIB plans its own epochs from the time budget: the plan's epochs (the others' schedule) do not cap it.
+NASIB_EPOCHS = 100_000
+
+
 def search_config(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> SearchConfig:
     """The search one (strategy, seed) job of ``plan`` runs."""
+    epochs = NASIB_EPOCHS if strategy == "nasib" else plan["epochs"]
     return SearchConfig(
-        space=plan["space"], dataset=plan["dataset"], strategy=strategy, epochs=plan["epochs"],
+        space=plan["space"], dataset=plan["dataset"], strategy=strategy, epochs=epochs,
         subset=plan["subset"], seed=seed, out=str(folder / "search"), batch_size=plan["batch_size"],
         space_args=dict(plan["space_args"]), data_root=plan["data_root"], accelerator=plan["accelerator"],
-        progress=False)
+        progress=False, budget=plan.get("time_budget"))
 
 
 # --------------------------------------------------------------------------- running
@@ -297,6 +308,7 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
         "ops_kept": final["ops_kept"], "edges_kept": final["edges_kept"], "params": count_parameters(cpu_net),
         "flops": count_flops(cpu_net, shape), "val_images": len(val_split), "train_images": len(train_split),
         "device": "cuda" if device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
+        **{k: final[k] for k in BUDGET_FIELDS if k in final},
     }
     row.update(ort_latency(cpu_net, shape, folder / "derived.onnx") if plan["latency"] else {"latency_ms": None})
     if plan["retrain"] > 0:

@@ -72,3 +72,15 @@ def test_bad_budget_option_is_one_line(tmp_path, args, says) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], done.stderr
     assert not out.exists()
+
+
+def test_compare_passes_the_time_budget_to_every_search(tmp_path) -> None:
+    from hmnas_nni.experiments.compare import ALL_STRATEGIES, NASIB_EPOCHS, make_plan, search_config
+
+    assert "nasib" not in ALL_STRATEGIES  # compared by name only: it needs a time budget
+    with pytest.raises(UsageError, match="pass --budget"):
+        make_plan(budget="tiny", strategies="nasib,hmnas", out=str(tmp_path / "c"))
+    plan = make_plan(budget="tiny", strategies="nasib,hmnas", time_budget="2m", epochs=4, out=str(tmp_path / "c"))
+    nasib, hmnas = (search_config(plan, s, 0, tmp_path) for s in ("nasib", "hmnas"))
+    assert nasib.budget == hmnas.budget == "2m"
+    assert (nasib.epochs, hmnas.epochs) == (NASIB_EPOCHS, 4)  # NASIB plans its own epochs; the others' are given

@@ -20,12 +20,15 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                    help="tiny: digits CI smoke; cpu: Fashion-MNIST on nb201 for 2 cores; gpu: DARTS space on one GPU")
     p.add_argument("--space", default=None, help="override the budget's search space (nb201, darts, mobile)")
     p.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
-                   help=f"comma-separated subset of {','.join(ALL_STRATEGIES)}")
+                   help=f"comma-separated subset of {','.join(ALL_STRATEGIES)}, or nasib (with --time-budget)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's)")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's search epochs")
     p.add_argument("--subset", type=int, default=None, help="override the budget's training images (half each)")
     p.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
     p.add_argument("--space-args", type=json_object, default=None, help="JSON object replacing the budget's space args")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="stop every search at this wall-clock budget (90s, 4m, 1h), as `hmnas search --budget`; "
+                        "needed by --strategies nasib; give --epochs large enough not to stop them first")
     p.add_argument("--retrain", type=int, default=0, metavar="EPOCHS",
                    help="also retrain every derived network from scratch for EPOCHS and report test accuracy")
     p.add_argument("--retrain-limit", type=int, default=None,

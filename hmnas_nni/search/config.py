@@ -223,8 +223,8 @@ def _check_memory(c: SearchConfig) -> None:
 def _check_budget(c: SearchConfig) -> None:
     if c.budget is None:
         if c.strategy == "nasib":
-            raise UsageError("--strategy nasib plans its search from a budget: pass --budget (e.g. 4m), and an "
-                             "--epochs large enough not to cap it")
+            raise UsageError("--strategy nasib plans its search from a budget: pass --budget (e.g. 4m; "
+                             "--time-budget in hmnas compare), and an --epochs large enough not to cap it")
         return
     from hmnas_nni.format.budget import budget_seconds
 
