@@ -72,7 +72,7 @@ def test_nasib_through_nas_experiment_stops_in_time(tmp_path, one_thread) -> Non
     net = experiment.export_top_models(formatter="instance")[0]
     arch = experiment.export_top_models(formatter="dict")[0]
     experiment.stop()
-    spent = strategy.record()
+    spent = strategy.budget_record()
     assert spent["stopped_by_budget"] and spent["budget_seconds"] == 8.0
     assert trained <= 8.0 * (1 + TOLERANCE) + FLOOR_SECONDS  # NASIB's clock starts with training here
     assert spent["nasib_phases"][0] == "explore" and spent["nasib_phases"][-1] != "explore"

@@ -8,7 +8,7 @@ only, as NNI's RandomOneShot), then exploits with HM-NAS (alpha/beta, then learn
 planning the split from step and epoch times it measures and re-planning at every epoch start
 (:mod:`hmnas_nni.nas.budget_plan` states the rule and why). It stops at the step where the rest of the budget is
 needed to finish, and exports HM-NAS's masked architecture, whose derived network is the masked supernet.
-``record()`` (in ``metrics.json`` under ``hmnas search``) says what it spent and planned.
+``budget_record()`` (in ``metrics.json`` under ``hmnas search``) says what it spent and planned.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class NASIB(HMNAS):
             log_prob_every_n_step=self.log_prob_every_n_step, latency=self.latency,
             latency_target_ms=self.latency_target_ms, latency_weight=self.latency_weight)
 
-    def record(self) -> dict[str, Any]:
+    def budget_record(self) -> dict[str, Any]:
         """What the search spent and planned (empty before it ran)."""
         try:
             module = self.oneshot_module

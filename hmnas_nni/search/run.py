@@ -290,7 +290,7 @@ def _finish(run: _Run, folder: OutputFolder | None, seconds: float) -> SearchRes
 
 def _spent(run: _Run) -> dict[str, Any]:
     """What a budgeted search spent (up to the last write but the metrics) and a budget-aware strategy's plan."""
-    own = run.strategy.record() if hasattr(run.strategy, "record") else {}
+    own = run.strategy.budget_record() if hasattr(run.strategy, "budget_record") else {}
     budget = _find_callback(run.strategy, BudgetStop)
     clock = budget.clock if budget is not None else run.clock
     if clock is None:
