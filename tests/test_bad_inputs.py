@@ -443,6 +443,9 @@ CASES = [
                                             "--out", "{out}", "--force"],
          "written for another architecture than the one given (at 'cell/",
          setup=lambda tmp, out: weights_of_other_arch(tmp)),
+    Case("budget-not-a-duration", search("--budget", "4x"), "budget '4x' is not a duration; write a wall-clock"),
+    Case("budget-too-short", search("--budget", "1s"), "must be a finite duration of at least 5 s"),
+    Case("nasib-without-budget", search("--strategy", "nasib"), "--strategy nasib plans its search from a budget"),
 ]
 
 
