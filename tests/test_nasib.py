@@ -104,3 +104,21 @@ def test_nasib_without_budget_is_one_line(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-m", "hmnas_nni.cli", "search", "--strategy", "nasib", "--out",
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pass --budget" in done.stderr, done.stderr
+
+
+def test_budget_report_groups_flags_overruns_and_marks_the_best(tmp_path) -> None:
+    from hmnas_nni.experiments.nasib_report import write_report
+
+    def row(strategy, seed, spent, test):
+        return {"strategy": strategy, "seed": seed, "status": "ok", "budget_seconds": 120.0, "spent_seconds": spent,
+                "budget_epochs": 4, "derived_val_acc": 0.5, "derived_val_acc_bn": 0.6, "test_acc": test, "params": 10}
+
+    for name, rows in (("a", [row("nasib", 0, 110.0, 0.8), row("nasib", 1, 114.0, 0.7)]),
+                       ("b", [row("darts", 0, 130.0, 0.6)])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"rows": rows}))
+    table = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "plot.png")
+    lines = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert "| 0,1 |" in lines["nasib"] and "**0.7500**" in lines["nasib"] and "-5.0%" in lines["nasib"]
+    assert "+8.3% (over 5%)" in lines["darts"]
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
