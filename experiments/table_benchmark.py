@@ -227,8 +227,9 @@ def markdown(summary: dict[str, Any], plan: dict[str, Any]) -> str:
 def overview(summary: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     """Across datasets: each project strategy's final test performance and the query from which it stays above the
     best NNI baseline's final; and each strategy's hypervolume at each budget against the best NNI baseline's."""
-    ours = [n for n in plan["strategies"] if n not in NNI_BASELINES]
-    if not ours or not any(n in NNI_BASELINES for n in plan["strategies"]):
+    names = list(next(iter(summary.values()))["strategies"]) if summary else []
+    ours = [n for n in names if n not in NNI_BASELINES]
+    if not ours or not any(n in NNI_BASELINES for n in names):
         return []
     final = str(plan["queries"]) if plan["queries"] in BUDGETS else str(max(b for b in BUDGETS if b <= plan["queries"]))
     budgets = [str(b) for b in BUDGETS if b <= plan["queries"]]
