@@ -16,6 +16,7 @@ from nni.nas.experiment import NasExperiment
 from nni.nas.experiment.config import NasExperimentConfig
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace, MutableLinear
 from nni.nas.space import SimplifiedModelSpace
+from nni.nas.strategy import Strategy
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -127,18 +128,23 @@ def test_resume_continues_without_querying_again(accuracy_run, tmp_path: Path, o
     assert next(resumed.list_models()).sample == next(uninterrupted.list_models()).sample
 
 
-def test_nas_experiment_exports_the_pareto_set(tmp_path: Path, one_thread) -> None:
+def export_from_experiment(strategy: Strategy, queries: int, top_k: int, tmp_path: Path) -> list[dict]:
+    """``NasExperiment`` on cora's table with ``strategy`` for ``queries`` queries; what it exports as dicts."""
     config = NasExperimentConfig("sequential", "raw")
-    config.execution_engine.max_model_count = 24
+    config.execution_engine.max_model_count = queries
     config.execution_engine.continue_on_failure = True
     config.experiment_working_directory = str(tmp_path)
-    strategy = AGNet(seed=5, objective="pareto", **SMALL)
     experiment = NasExperiment(nbg.NasBenchGraphSpace("cora"), nbg.NasBenchGraphEvaluator("cora"), strategy, config)
     try:
         experiment.run()
-        exported = experiment.export_top_models(top_k=100, formatter="dict")
+        return experiment.export_top_models(top_k=top_k, formatter="dict")
     finally:
         experiment.stop()
+
+
+def test_nas_experiment_exports_the_pareto_set(tmp_path: Path, one_thread) -> None:
+    strategy = AGNet(seed=5, objective="pareto", **SMALL)
+    exported = export_from_experiment(strategy, 24, 100, tmp_path)
     assert len(strategy.history) == 24
     assert exported == [strategy.history[i].sample for i in strategy.best()]
     assert exported[0] == max((q for q in strategy.history if q.metrics), key=lambda q: q.metrics["valid"]).sample

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 from nni.nas.execution import SequentialExecutionEngine
-from nni.nas.experiment import NasExperiment
-from nni.nas.experiment.config import NasExperimentConfig
 
 from hmnas_nni.experiments.multitrial import nni_search_space
 from hmnas_nni.experiments.table_search import run_table_search
@@ -19,7 +17,7 @@ from hmnas_nni.format.errors import UsageError
 from hmnas_nni.spaces import nas_bench_graph as nbg
 from hmnas_nni.strategy.nases import NASES, GaussianPolicy
 from hmnas_nni.strategy.tuner import NASESTuner
-from tests.test_agnet import _digits_search
+from tests.test_agnet import _digits_search, export_from_experiment
 
 warnings.filterwarnings("ignore")
 
@@ -83,17 +81,8 @@ def test_latency_cap_shapes_the_reward_and_bounds_the_result(one_thread) -> None
 
 
 def test_nas_experiment_exports_the_best(tmp_path: Path, one_thread) -> None:
-    config = NasExperimentConfig("sequential", "raw")
-    config.execution_engine.max_model_count = 16
-    config.execution_engine.continue_on_failure = True
-    config.experiment_working_directory = str(tmp_path)
     strategy = NASES(seed=5, **SMALL)
-    experiment = NasExperiment(nbg.NasBenchGraphSpace("cora"), nbg.NasBenchGraphEvaluator("cora"), strategy, config)
-    try:
-        experiment.run()
-        exported = experiment.export_top_models(top_k=1, formatter="dict")
-    finally:
-        experiment.stop()
+    exported = export_from_experiment(strategy, 16, 1, tmp_path)
     assert len(strategy.history) == 16
     assert exported == [max((q for q in strategy.history if q.metrics), key=lambda q: q.metrics["valid"]).sample]
 
