@@ -153,7 +153,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, 
     meta = {"format": WEIGHTS_FORMAT, "architecture": json.dumps(model.arch.to_dict())}
     for k, v in (extra or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # cloned: a tensor shared by several modules (a superkernel's candidates) is saved under each name
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=".weights-", suffix=".safetensors", dir=path.parent)
     os.close(fd)
     try:
