@@ -45,6 +45,7 @@ def test_rule_exploits_architecture_then_masks_then_settles() -> None:
     assert exploit_phase(inputs(left=25.0), 0) == "masking"  # two fit: no architecture-only epoch
     assert exploit_phase(inputs(left=50.0), 3) == "masking"
     assert exploit_phase(inputs(left=15.0), 3) == "settle"  # the last epoch that fits
+    assert exploit_phase(inputs(left=15.0), 1, masked_epochs=0) == "masking"  # never settle masks that never learned
     assert exploit_phase(inputs(left=100.0, epochs_left=1), 3) == "settle"  # --epochs caps it too
 
 

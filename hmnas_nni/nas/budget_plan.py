@@ -47,12 +47,12 @@ def explore_next(p: PlanInputs, explore_share: float = 0.5, min_exploit: int = 3
     return p.left - p.explore_epoch >= min_exploit * p.exploit_epoch
 
 
-def exploit_phase(p: PlanInputs, exploited_epochs: int) -> str:
+def exploit_phase(p: PlanInputs, exploited_epochs: int, masked_epochs: int = 1) -> str:
     """``architecture`` (first exploitation epoch, when three or more fit), ``masking``, or ``settle`` (the last
-    epoch that fits: masks fixed)."""
+    epoch that fits: masks fixed). No settling before a masking epoch ran: masks that never learned keep every op."""
     fit = min(p.epochs_left, int(p.left // max(p.exploit_epoch, 1e-9)))
     if exploited_epochs == 0 and fit >= 3:
         return "architecture"
-    if fit <= 1 and exploited_epochs > 0:
+    if fit <= 1 and exploited_epochs > 0 and masked_epochs > 0:
         return "settle"
     return "masking"

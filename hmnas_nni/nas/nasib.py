@@ -67,7 +67,8 @@ class NASIBLightningModule(HMNASLightningModule):
             if epoch == 0 or explore_next(self.plan_inputs(), self.explore_share, self.min_exploit):
                 return "explore"
         exploited = sum(p != "explore" for p in self.phases.values())
-        return exploit_phase(self.plan_inputs(), exploited)
+        masked = sum(p == "masking" for p in self.phases.values())
+        return exploit_phase(self.plan_inputs(), exploited, masked)
 
     def phase(self, epoch: int | None = None) -> str:
         """HM-NAS's phase names: exploration is NASIB's warm-up, settling is masking with fixed masks."""
