@@ -71,15 +71,15 @@ def budget_table(entries: list[dict[str, Any]]) -> str:
 
 
 def budget_plot(entries: list[dict[str, Any]]) -> bytes:
-    """Retrained test accuracy and inherited derived accuracy against the budget, one line per strategy."""
+    """Retrained test accuracy and derived accuracy with inherited weights (as extracted) against the budget."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for strategy in sorted({e["strategy"] for e in entries}):
         mine = [e for e in entries if e["strategy"] == strategy]
         minutes = [e["budget_seconds"] / 60 for e in mine]
         axes[0].plot(minutes, [e["test"] for e in mine], "o-", label=strategy)
-        axes[1].plot(minutes, [e["derived_bn"] for e in mine], "o-", label=strategy)
-    for ax, title in zip(axes, ("retrained test accuracy", "derived val. accuracy, inherited weights (BN re-est.)")):
+        axes[1].plot(minutes, [e["derived"] for e in mine], "o-", label=strategy)
+    for ax, title in zip(axes, ("retrained test accuracy", "derived val. accuracy, inherited weights")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("budget (minutes, CPU)")
         ax.set_title(title)
