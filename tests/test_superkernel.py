@@ -82,3 +82,22 @@ def test_superkernel_space_is_searched(tmp_path, one_thread, name, strategy) -> 
     assert arch.space == name and final["params"] > 0
     if strategy == "hmnas":
         assert abs(final["derivation_gap"]) < 1e-9
+
+
+def test_a_derived_superkernel_network_saves_and_loads_its_shared_weights(tmp_path) -> None:
+    from hmnas_nni.export.derived_model import DerivedModel
+    from hmnas_nni.export.weights import load_weights, save_weights
+
+    space, strategy = hmnas_supernet("nb201-sk", 1)
+    random_masks(space, strategy, 1)
+    warm_batchnorm(space)
+    arch = export(space)
+    model = DerivedModel(arch, body=derive_network(space, arch)).eval()
+    path = save_weights(model, tmp_path / "model.safetensors")  # safetensors refuses tensors sharing storage
+    again = DerivedModel(arch, body=derive_network(space, arch)).eval()
+    for p in again.parameters():
+        p.data.zero_()
+    load_weights(again, path)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
