@@ -47,7 +47,7 @@ else
 fi
 
 step device 30 .venv/bin/python -c '
-import json, platform, subprocess, torch, onnxruntime as ort
+import json, platform, subprocess, sys, torch, onnxruntime as ort
 gpu = torch.cuda.is_available()
 info = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if gpu else None,
         "onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "python": platform.python_version()}
@@ -56,10 +56,11 @@ try:
                                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
 except OSError:
     info["nvidia_smi"] = None
+with open(sys.argv[1], "w") as f:
+    json.dump(info, f, indent=1)
 print(json.dumps(info, indent=1))
 assert gpu, "no CUDA GPU visible to torch"
-'
-cp "$OUT/device.log" "$OUT/device.json" 2>/dev/null
+' "$OUT/device.json"
 
 step bench 180 .venv/bin/hmnas bench export/archs/nb201_fmnist.json --out "$OUT/bench" --batch-sizes 1,8,64,256 \
   --warmup 10 --iters 50 --min-seconds 0.5

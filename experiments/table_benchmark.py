@@ -229,10 +229,10 @@ def overview(summary: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     best NNI baseline's final; and each strategy's hypervolume at each budget against the best NNI baseline's."""
     names = list(next(iter(summary.values()))["strategies"]) if summary else []
     ours = [n for n in names if n not in NNI_BASELINES]
-    if not ours or not any(n in NNI_BASELINES for n in names):
-        return []
-    final = str(plan["queries"]) if plan["queries"] in BUDGETS else str(max(b for b in BUDGETS if b <= plan["queries"]))
     budgets = [str(b) for b in BUDGETS if b <= plan["queries"]]
+    if not ours or not budgets or not any(n in NNI_BASELINES for n in names):
+        return []
+    final = budgets[-1]
     lines = ["| dataset | best NNI baseline (final test) | " + " | ".join(f"{n}: final, stays above from" for n in ours)
              + " |", "|---|---|" + "---|" * len(ours)]
     for dataset, d in summary.items():

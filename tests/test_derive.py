@@ -13,7 +13,7 @@ def _no_nni(net: torch.nn.Module) -> bool:
     return not any(type(m).__module__.split(".")[0] == "nni" for m in net.modules())
 
 
-@pytest.mark.parametrize("name", ["nb201", "darts", "mobile"])
+@pytest.mark.parametrize("name", ["nb201", "darts", "mobile", "nb201-sk", "mobile-sk"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_inherited_network_matches_masked_supernet(name, seed):
     space, strategy = hmnas_supernet(name, seed)
@@ -29,7 +29,7 @@ def test_inherited_network_matches_masked_supernet(name, seed):
     assert (compiled(x) - net(x)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["nb201", "darts"])
+@pytest.mark.parametrize("name", ["nb201", "darts", "nb201-sk", "mobile-sk"])
 def test_rebuilt_from_files_equals_derived(name):
     space, strategy = hmnas_supernet(name, 2)
     random_masks(space, strategy, 2)

@@ -119,6 +119,7 @@ class NASES(RoundStrategy):
         self.latency_exponent, self.max_free_steps = latency_exponent, max_free_steps
         self._vae: ArchitectureVAE | None = None
         self._policy: GaussianPolicy | None = None
+        self._start: tuple[np.ndarray, np.ndarray] | None = None  # mean and spread of the pre-training embedding
         self._batch: _Batch | None = None  # the last round's actions: the policy learns from them next round
 
     def extra_repr(self) -> str:
@@ -151,21 +152,25 @@ class NASES(RoundStrategy):
             self._step(round_)
 
     def _initial_policy(self) -> GaussianPolicy:
-        """The pre-trained controller: centred on the embedding of the pre-training samples, with their spread."""
-        assert self._vae is not None
-        rng = np.random.default_rng([self.seed, 2])
-        samples = self.encoding.random_samples(max(self.pretrain_samples, 2 * self.batch_size), rng)
-        embedded = self._vae.embed(torch.from_numpy(self.encoding.encode_many(samples))).numpy().astype(np.float64)
-        spread = embedded.std(axis=0) + 1e-6
-        return GaussianPolicy(embedded.mean(axis=0), np.log(spread), self.learning_rate,
+        """The pre-trained controller: centred on the embedding of the pre-training samples, with their spread
+        (embedded once; every replay starts from a fresh copy)."""
+        if self._start is None:
+            assert self._vae is not None
+            rng = np.random.default_rng([self.seed, 2])
+            samples = self.encoding.random_samples(max(self.pretrain_samples, 2 * self.batch_size), rng)
+            embedded = self._vae.embed(torch.from_numpy(self.encoding.encode_many(samples))).numpy()
+            self._start = embedded.astype(np.float64).mean(axis=0), embedded.astype(np.float64).std(axis=0) + 1e-6
+        mean, spread = self._start
+        return GaussianPolicy(mean.copy(), np.log(spread), self.learning_rate,
                               float(np.log(self.min_std * spread.mean())))
 
     def _step(self, round_: int) -> list[Pick]:
         """Update on the last batch, then draw this round's actions; actions that decode only to queried
         architectures are learnt from at once (up to ``max_free_steps``), then random unseen samples are queried."""
         assert self._policy is not None
+        rewards = self._rewards()  # every reward known before this round (free steps only add known ones)
         if self._batch is not None:
-            self._learn(self._batch)
+            self._learn(self._batch, rewards)
         seen = self.seen(before=round_)
         rng = np.random.default_rng([self.seed, 1, round_])
         for _ in range(self.max_free_steps + 1):
@@ -173,7 +178,7 @@ class NASES(RoundStrategy):
             picks = self._unseen(self._batch.samples, seen)
             if picks:
                 return picks
-            self._learn(self._batch)
+            self._learn(self._batch, rewards)
         self._batch = None
         return [(s, None) for s in self.unseen_random(rng, self.batch_size, seen)]
 
@@ -193,11 +198,10 @@ class NASES(RoundStrategy):
                 found.setdefault(key, sample)
         return [(s, None) for s in found.values()]
 
-    def _learn(self, batch: _Batch) -> None:
+    def _learn(self, batch: _Batch, rewards: dict[SampleKey, float | None]) -> None:
         """One REINFORCE step on the actions whose architectures have a reward (failed or invalid ones get the
         batch's lowest reward; pending ones are left out)."""
         assert self._policy is not None
-        rewards = self._rewards()
         values = [rewards.get(self.encoding.key(s), np.nan) for s in batch.samples]
         known = np.array([v for v in values if v is not None], dtype=np.float64)
         if not np.isfinite(known).any():
