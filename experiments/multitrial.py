@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from nni.nas.evaluator import Evaluator
 from nni.nas.experiment import NasExperiment, NasExperimentConfig
+from torch.utils.data import TensorDataset
 
 from hmnas_nni.common.pareto import pareto_mask
 from hmnas_nni.export.latency import Runtime, Timer
@@ -36,11 +37,16 @@ from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.search.data import load_dataset, search_splits
 from hmnas_nni.search.evaluation import accuracy, count_parameters
+from hmnas_nni.search.maml_evaluator import FewShot, MAMLEvaluator
+from hmnas_nni.search.meta_data import MetaPools, load_meta_pools
 from hmnas_nni.spaces import build_space, data_args, fit_input
 
 _logger = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("agnet", "agnet-pareto", "nases", "random", "evolution", "tpe", "rl")
+STRATEGY_NAMES = ("agnet", "agnet-pareto", "nases", "pnas", "random", "evolution", "tpe", "rl")
+#: How a trial measures its network: ordinary training on the dataset; MAML on its few-shot episodes; ordinary
+#: training on the meta-train classes of the few-shot split only (the non-meta search of the same data).
+EVALUATORS = ("train", "maml", "classify")
 
 
 @dataclass
@@ -58,11 +64,17 @@ class MultiTrialPlan:
     trials: int = 20
     seed: int = 0
     latency_cap: float | None = None
+    evaluator: str = "train"
+    few_shot: FewShot = field(default_factory=FewShot)  # the tasks of the maml and classify evaluators
 
     def check(self) -> MultiTrialPlan:
         """One-line errors for values that cannot run, before any work."""
         if self.strategy not in STRATEGY_NAMES:
             raise UsageError(f"strategy {self.strategy!r} is not one of {list(STRATEGY_NAMES)}")
+        if self.evaluator not in EVALUATORS:
+            raise UsageError(f"evaluator {self.evaluator!r} is not one of {list(EVALUATORS)}")
+        if self.evaluator != "train":
+            self.few_shot.check()
         for name in ("subset", "epochs", "batch_size", "trials"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -81,6 +93,7 @@ def make_strategy(plan: MultiTrialPlan) -> Any:
 
     from hmnas_nni.strategy.agnet import AGNet
     from hmnas_nni.strategy.nases import NASES
+    from hmnas_nni.strategy.pnas import PNAS
 
     initial = max(4, plan.trials // 4)
     per_round = max(2, plan.trials // 8)
@@ -90,6 +103,9 @@ def make_strategy(plan: MultiTrialPlan) -> Any:
                      latency_cap=plan.latency_cap, max_queries=plan.trials)
     if plan.strategy == "nases":
         return NASES(seed=plan.seed, batch_size=per_round, latency_cap=plan.latency_cap, max_queries=plan.trials)
+    if plan.strategy == "pnas":
+        return PNAS(seed=plan.seed, initial_queries=initial, queries_per_round=per_round, beam=per_round,
+                    max_queries=plan.trials)
     if plan.strategy == "evolution":
         return RegularizedEvolution(population_size=initial, sample_size=max(2, initial // 2), seed=plan.seed)
     if plan.strategy == "tpe":
@@ -154,31 +170,53 @@ class TrainedTrialEvaluator(Evaluator):
         return train_and_measure(net, self.data, self.plan, self.timer)
 
 
-def train_and_measure(net: torch.nn.Module, data: tuple[Any, Any], plan: MultiTrialPlan,
+def train_and_measure(net: torch.nn.Module, data: Any, plan: MultiTrialPlan,
                       timer: Timer | None = None) -> dict[str, float]:
-    """The retrain recipe on the training half; accuracy on the validation half; latency (ONNX Runtime, batch 1)
-    and parameters: the metric dict a trial reports."""
+    """The plan's evaluator on one network, with its latency (ONNX Runtime, batch 1) and parameters: the metric
+    dict a trial reports."""
+    if plan.evaluator == "maml":
+        metrics = MAMLEvaluator(data, plan.few_shot, plan.seed).measure(net)
+        shape = (1, *data.image_shape)
+    else:
+        metrics, shape = train_and_validate(net, data, plan), (1, *data[1].tensors[0].shape[1:])
+    net.eval()
+    timer = timer or Timer(Runtime(exporter="torchscript"), repeats=3)
+    return {**metrics, "latency": timer.raw_ms(net, shape, "trial network"), "params": count_parameters(net)}
+
+
+def train_and_validate(net: torch.nn.Module, data: tuple[Any, Any], plan: MultiTrialPlan) -> dict[str, float]:
+    """The retrain recipe on the training half; accuracy on the validation half."""
     train, val = data
     settings = RetrainSettings(epochs=plan.epochs, batch_size=plan.batch_size, seed=plan.seed)
     torch.manual_seed(plan.seed)
     train_network(net, train, settings.check(), torch.device("cpu"), progress=False)
     net.eval()
-    shape = (1, *val.tensors[0].shape[1:])
     acc = accuracy(net, val)
-    timer = timer or Timer(Runtime(exporter="torchscript"), repeats=3)
-    return {"default": acc, "accuracy": acc, "latency": timer.raw_ms(net, shape, "trial network"),
-            "params": count_parameters(net)}
+    return {"default": acc, "accuracy": acc}
 
 
-def plan_inputs(plan: MultiTrialPlan) -> tuple[torch.nn.Module, tuple[Any, Any]]:
-    """The space of ``plan`` sized for its dataset, and the (train, validation) halves of its subset."""
-    train, _, info = load_dataset(plan.dataset, root=plan.data_root)
-    data = search_splits(train, plan.subset, plan.seed)
+def plan_inputs(plan: MultiTrialPlan) -> tuple[torch.nn.Module, Any]:
+    """The space of ``plan`` sized for its data, and the data its evaluator reads: the (train, validation) halves
+    of the subset, or the few-shot pools (maml), or the meta-train classes split 80/20 (classify)."""
+    if plan.evaluator == "train":
+        train, _, info = load_dataset(plan.dataset, root=plan.data_root)
+        data = search_splits(train, plan.subset, plan.seed)
+        shape, classes = (info.in_channels, info.input_size, info.input_size), info.num_classes
+    else:
+        pools = load_meta_pools(plan.dataset, plan.data_root, plan.few_shot.images_per_class, plan.seed)
+        data = pools if plan.evaluator == "maml" else _classes_split(pools)
+        shape = pools.image_shape
+        classes = plan.few_shot.ways if plan.evaluator == "maml" else len(pools.train.classes)
     given = dict(plan.space_args or {})
-    args = data_args(plan.space, given, {"in_channels": info.in_channels, "input_size": info.input_size,
-                                         "num_classes": info.num_classes}, plan.dataset)
-    space = fit_input(build_space(plan.space, **args), (info.in_channels, info.input_size, info.input_size))
-    return space, data
+    args = data_args(plan.space, given, {"in_channels": shape[0], "input_size": shape[1], "num_classes": classes},
+                     plan.dataset)
+    return fit_input(build_space(plan.space, **args), shape), data
+
+
+def _classes_split(pools: MetaPools) -> tuple[TensorDataset, TensorDataset]:
+    """The meta-train classes as ordinary labelled data: 80% of each class's images to train, 20% to validate."""
+    first, second = pools.train.split_images(0.8, seed=0)
+    return TensorDataset(*first.labelled()), TensorDataset(*second.labelled())
 
 
 def nni_search_space(space: torch.nn.Module) -> dict[str, dict[str, Any]]:
@@ -203,8 +241,8 @@ def run_multitrial(plan: MultiTrialPlan, out: str | Path, force: bool = False, r
     with OutputFolder(out, "hmnas multitrial", force=force, resume=resume) as folder:
         folder.clear_previous(writes=("trials.json",))
         record = TrialRecord(folder.path / "trials.json", _previous(folder.path) if resume else None)
-        log(f"multitrial: {plan.strategy} on {plan.space} ({plan.dataset}, {plan.subset} images, {plan.epochs} "
-            f"epochs a trial), {plan.trials} trials -> {folder.path}")
+        log(f"multitrial: {plan.strategy} on {plan.space} ({describe_trials(plan)}), {plan.trials} trials -> "
+            f"{folder.path}")
         experiment = NasExperiment(space, TrainedTrialEvaluator(plan, data, record, log), make_strategy(plan),
                                    NasExperimentConfig("sequential", "raw"))
         experiment.config.max_trial_number = plan.trials
@@ -219,6 +257,17 @@ def run_multitrial(plan: MultiTrialPlan, out: str | Path, force: bool = False, r
         write_atomic(folder.staged("front.png"), plot_front(record.trials, plan))
         folder.commit("result.json")
     return summary
+
+
+def describe_trials(plan: MultiTrialPlan) -> str:
+    """What each trial of ``plan`` does, in a few words."""
+    f = plan.few_shot
+    if plan.evaluator == "maml":
+        return (f"{plan.dataset}, MAML {f.setting}, {f.maml.iterations} meta-updates of {f.maml.meta_batch} "
+                f"episodes a trial")
+    if plan.evaluator == "classify":
+        return f"{plan.dataset} meta-train classes, {plan.epochs} epochs a trial"
+    return f"{plan.dataset}, {plan.subset} images, {plan.epochs} epochs a trial"
 
 
 def _previous(folder: Path) -> list[dict[str, Any]]:

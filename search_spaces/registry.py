@@ -15,6 +15,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from .adapt import RepeatChannels
 from .base import ProjectSpace
 from .darts import DartsSpace
+from .meta_cells import MetaCellSpace
 from .mobile import MobileSpace
 from .nasbench201 import NasBench201Space
 from .superkernel_spaces import MobileSuperKernelSpace, NasBench201SuperKernelSpace
@@ -22,6 +23,8 @@ from .superkernel_spaces import MobileSuperKernelSpace, NasBench201SuperKernelSp
 SPACES: dict[str, type[ProjectSpace]] = {cls.name: cls for cls in (DartsSpace, NasBench201Space, MobileSpace,
                                                                      NasBench201SuperKernelSpace,
                                                                      MobileSuperKernelSpace)}
+#: Spaces for multi-trial strategies only (no choice HM-NAS relaxes), by name.
+MULTI_TRIAL_SPACES: dict[str, type[ModelSpace]] = {"meta-cells": MetaCellSpace}
 #: Constructor arguments an imported space may take, filled from the data when the user does not give them.
 DATA_ARGS = {"num_classes": "num_classes", "num_labels": "num_classes", "in_channels": "in_channels",
              "in_chans": "in_channels", "input_size": "input_size"}
@@ -45,9 +48,12 @@ def space_factory(name: str) -> Callable[..., nn.Module]:
     is imported, and allowed from then on in the documents this process reads."""
     if name in SPACES:
         return SPACES[name]
+    if name in MULTI_TRIAL_SPACES:
+        return MULTI_TRIAL_SPACES[name]
     if not is_import_path(name):
-        raise SpaceError(f"unknown search space {name!r}; choose one of {sorted(SPACES)} or give an NNI model space "
-                         "as an import path, e.g. nni.nas.hub.pytorch.NasBench201 or my_module:MySpace")
+        known = sorted({**SPACES, **MULTI_TRIAL_SPACES})
+        raise SpaceError(f"unknown search space {name!r}; choose one of {known} or give an NNI model space as an "
+                         "import path, e.g. nni.nas.hub.pytorch.NasBench201 or my_module:MySpace")
     factory = _ALLOWED.get(name) or _import_factory(name)
     allow_space(name, factory)
     return factory

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .multitrial import add_trial_options
+from .multitrial import add_trial_options, few_shot
 from .options import json_object
 
 
@@ -29,7 +29,8 @@ def run_arch_trial_command(args: argparse.Namespace) -> int:
 
     plan = MultiTrialPlan(space=args.space, space_args=args.space_args, dataset=args.dataset,
                           data_root=args.data_root, subset=args.subset, epochs=args.epochs,
-                          batch_size=args.batch_size, seed=args.seed)
+                          batch_size=args.batch_size, seed=args.seed, evaluator=args.evaluator,
+                          few_shot=few_shot(args))
     metrics = run_arch_trial(plan, args.sample, args.out, args.force)
     print("final: " + json.dumps(metrics), flush=True)
     return 0

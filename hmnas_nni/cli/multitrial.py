@@ -12,6 +12,7 @@ from .options import json_object
 
 if TYPE_CHECKING:
     from hmnas_nni.experiments.multitrial import MultiTrialPlan
+    from hmnas_nni.search.maml_evaluator import FewShot
 
 
 def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def add_multitrial_parser(sub: argparse._SubParsersAction) -> None:
 
     d = MultiTrialPlan()
     p = sub.add_parser(
-        "multitrial", help="multi-trial search with trained trials: AG-Net, NASES or NNI's Random/Evolution/TPE",
+        "multitrial", help="multi-trial search with trained trials: AG-Net, NASES, PNAS or NNI's strategies",
         description="Every trial trains one architecture of the space (hmnas retrain's recipe) on half of --subset, "
                     "validates it on the other half and measures its latency in ONNX Runtime; writes trials.json as "
                     "trials finish, then result.json (best, Pareto set) and front.png to --out.")
@@ -70,6 +71,46 @@ def add_trial_options(p: argparse.ArgumentParser, seed: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     if seed:
         p.add_argument("--seed", type=int, default=d.seed)
+    add_few_shot_options(p)
+
+
+def add_few_shot_options(p: argparse.ArgumentParser) -> None:
+    """What a trial measures (``--evaluator``) and, for few-shot evaluators, the tasks and MAML's loops."""
+    from hmnas_nni.experiments.multitrial import EVALUATORS
+    from hmnas_nni.search.maml_evaluator import FewShot
+
+    f = FewShot()
+    g = p.add_argument_group("few-shot trials (--evaluator maml or classify; --dataset fashion-mnist or a folder)")
+    g.add_argument("--evaluator", choices=EVALUATORS, default="train",
+                   help="train: ordinary training on --dataset; maml: MAML on few-shot episodes, reporting "
+                        "meta-validation and meta-test accuracy; classify: ordinary training on the meta-train "
+                        "classes only")
+    for name, kind, help_ in (("ways", int, "classes per episode"), ("shots", int, "support images per class"),
+                              ("queries", int, "query images per class"),
+                              ("val_episodes", int, "meta-validation episodes of each trial"),
+                              ("test_episodes", int, "meta-test episodes of each trial (0: none)"),
+                              ("images_per_class", int, "images drawn from each original class")):
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(f, name), help=help_)
+    for name, kind, help_ in (("inner_steps", int, "MAML inner-loop steps in meta-training"),
+                              ("inner_lr", float, "MAML inner-loop learning rate"),
+                              ("test_inner_steps", int, "inner-loop steps at meta-validation and meta-test"),
+                              ("meta_lr", float, "Adam learning rate of the meta-update"),
+                              ("meta_batch", int, "episodes per meta-update"),
+                              ("iterations", int, "meta-updates of each trial")):
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(f.maml, name), help=help_)
+    g.add_argument("--second-order", action="store_true", help="differentiate through the inner loop")
+
+
+def few_shot(args: argparse.Namespace) -> FewShot:
+    """The few-shot settings of the parsed options."""
+    from hmnas_nni.common.maml import MAMLSettings
+    from hmnas_nni.search.maml_evaluator import FewShot
+
+    maml = MAMLSettings(inner_steps=args.inner_steps, inner_lr=args.inner_lr, test_inner_steps=args.test_inner_steps,
+                        meta_lr=args.meta_lr, meta_batch=args.meta_batch, iterations=args.iterations,
+                        first_order=not args.second_order)
+    return FewShot(ways=args.ways, shots=args.shots, queries=args.queries, val_episodes=args.val_episodes,
+                   test_episodes=args.test_episodes, images_per_class=args.images_per_class, maml=maml)
 
 
 def _plan(args: argparse.Namespace, **extra: Any) -> MultiTrialPlan:
@@ -78,7 +119,8 @@ def _plan(args: argparse.Namespace, **extra: Any) -> MultiTrialPlan:
 
     return MultiTrialPlan(space=args.space, space_args=args.space_args, dataset=args.dataset,
                           data_root=args.data_root, subset=args.subset, epochs=args.epochs,
-                          batch_size=args.batch_size, trials=args.trials, seed=getattr(args, "seed", 0), **extra)
+                          batch_size=args.batch_size, trials=args.trials, seed=getattr(args, "seed", 0),
+                          evaluator=args.evaluator, few_shot=few_shot(args), **extra)
 
 
 def run_multitrial_bench_command(args: argparse.Namespace) -> int:

@@ -99,3 +99,23 @@ def fit_jointly(vae: ArchitectureVAE, surrogate: Surrogate, x: np.ndarray, targe
     vae.eval()
     surrogate.eval()
     return float(loss.detach())
+
+
+def fit_surrogate(surrogate: Surrogate, x: np.ndarray, targets: np.ndarray, steps: int = 200, lr: float = 1e-2,
+                  seed: int = 0) -> float:
+    """Train the surrogate alone (full-batch Adam, squared error) on vectors ``x`` and standardised ``targets``;
+    returns the final loss."""
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(targets, dtype=np.float32)).reshape(len(xt), -1)
+    optimiser = torch.optim.Adam(surrogate.parameters(), lr=lr)
+    surrogate.train()
+    loss = torch.zeros(())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            loss = (surrogate(xt) - yt).pow(2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    surrogate.eval()
+    return float(loss.detach())
