@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from .arch_trial import add_arch_trial_parser
+from .autometa import add_autometa_parser
 from .compare import add_compare_parser
 from .controller_similarity import add_controller_similarity_parser
 from .errors import classify
@@ -29,7 +30,7 @@ from .trial import add_trial_parser
 
 COMMANDS = (add_search_parser, add_trial_parser, add_show_parser, add_retrain_parser, add_export_parser,
             add_bench_parser, add_compare_parser, add_latency_parser, add_table_bench_parser,
-            add_multitrial_parser, add_arch_trial_parser, add_controller_similarity_parser)
+            add_multitrial_parser, add_arch_trial_parser, add_controller_similarity_parser, add_autometa_parser)
 
 
 class _DropNoise(logging.Filter):
