@@ -37,7 +37,7 @@ from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.search.data import load_dataset, search_splits
 from hmnas_nni.search.evaluation import accuracy, count_parameters
-from hmnas_nni.search.maml_evaluator import FewShot, MAMLEvaluator
+from hmnas_nni.search.maml_evaluator import FewShot, MAMLEvaluator, report_loss
 from hmnas_nni.search.meta_data import MetaPools, load_meta_pools
 from hmnas_nni.spaces import build_space, data_args, fit_input
 
@@ -175,7 +175,7 @@ def train_and_measure(net: torch.nn.Module, data: Any, plan: MultiTrialPlan,
     """The plan's evaluator on one network, with its latency (ONNX Runtime, batch 1) and parameters: the metric
     dict a trial reports."""
     if plan.evaluator == "maml":
-        metrics = MAMLEvaluator(data, plan.few_shot, plan.seed).measure(net)
+        metrics = MAMLEvaluator(data, plan.few_shot, plan.seed).measure(net, progress=report_loss)
         shape = (1, *data.image_shape)
     else:
         metrics, shape = train_and_validate(net, data, plan), (1, *data[1].tensors[0].shape[1:])

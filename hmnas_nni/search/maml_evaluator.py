@@ -10,6 +10,7 @@ seeds), so every architecture meets the same tasks; the test pools never steer a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,12 +78,11 @@ class MAMLEvaluator(Evaluator):
         """Meta-train, meta-validate and meta-test ``model``; report the metric dict to NNI and return it."""
         import nni
 
-        metrics = self.measure(model, progress=lambda it, loss: nni.report_intermediate_result(
-            {"default": loss, "meta_train_loss": loss}) if (it + 1) % 25 == 0 else None)
+        metrics = self.measure(model, progress=report_loss)
         nni.report_final_result(metrics)
         return metrics
 
-    def measure(self, model: nn.Module, progress: Any = None) -> dict[str, float]:
+    def measure(self, model: nn.Module, progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
         """The metric dict: meta-validation accuracy (``default``), meta-test accuracies with their 95% intervals,
         parameters and meta-training seconds."""
         f = self.few_shot
@@ -97,3 +97,11 @@ class MAMLEvaluator(Evaluator):
                 acc, ci = meta_test(model, self.sampler(pool, TEST_SEED).episodes(f.test_episodes), f.maml)
                 metrics[f"{name}_accuracy"], metrics[f"{name}_ci95"] = acc, ci
         return metrics
+
+
+def report_loss(iteration: int, loss: float, every: int = 25) -> None:
+    """Every ``every`` meta-updates, the meta-training loss as an NNI intermediate result (the web UI's curve)."""
+    import nni
+
+    if (iteration + 1) % every == 0:
+        nni.report_intermediate_result({"default": loss, "meta_train_loss": loss})

@@ -1,6 +1,6 @@
-"""The round strategies as NNI tuners, for ``nnictl create`` (``experiments/agnet.yml``, ``experiments/nases.yml``):
-the same rounds as the strategy, asked for one sample at a time by NNI's dispatcher, told each trial's metric dict,
-with the trials in NNI's web UI.
+"""The round strategies as NNI tuners, for ``nnictl create`` (``experiments/agnet.yml``, ``nases.yml``,
+``autometa.yml``): the same rounds as the strategy, asked for one sample at a time by NNI's dispatcher, told each
+trial's metric dict, with the trials in NNI's web UI.
 
 A round's picks are made when the previous ones have been handed out: with ``trialConcurrency: 1`` every earlier
 query has its result by then; with more, the picks are made from the results that are in.
@@ -20,6 +20,7 @@ from hmnas_nni.format.errors import UsageError
 
 from .agnet import AGNet
 from .nases import NASES
+from .pnas import PNAS
 from .rounds import Pick, Query, RoundStrategy
 
 
@@ -97,3 +98,9 @@ class NASESTuner(RoundTuner):
     """NASES under ``nnictl``; ``classArgs`` are :class:`NASES`'s arguments (``seed``, ``batch_size``, ...)."""
 
     strategy_class = NASES
+
+
+class PNASTuner(RoundTuner):
+    """PNAS under ``nnictl``; ``classArgs`` are :class:`PNAS`'s arguments (``seed``, ``initial_queries``, ...)."""
+
+    strategy_class = PNAS
