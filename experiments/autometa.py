@@ -118,7 +118,7 @@ def _final(name: str, arch: dict[str, Any], shots: int, space: MetaCellSpace, po
     torch.manual_seed(plan.seed)
     net = space.freeze(arch["sample"])
     started = time.perf_counter()
-    metrics = MAMLEvaluator(pools, few_shot, plan.seed).measure(net)
+    metrics = MAMLEvaluator(plan.dataset, few_shot, plan.seed, pools=pools).measure(net)
     path.parent.mkdir(parents=True, exist_ok=True)
     row = {"architecture": name, "shots": shots, "setting": few_shot.setting, **metrics,
            "final_seconds": time.perf_counter() - started, "search_seconds": arch["search_seconds"]}

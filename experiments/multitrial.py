@@ -175,7 +175,7 @@ def train_and_measure(net: torch.nn.Module, data: Any, plan: MultiTrialPlan,
     """The plan's evaluator on one network, with its latency (ONNX Runtime, batch 1) and parameters: the metric
     dict a trial reports."""
     if plan.evaluator == "maml":
-        metrics = MAMLEvaluator(data, plan.few_shot, plan.seed).measure(net, progress=report_loss)
+        metrics = MAMLEvaluator(plan.dataset, plan.few_shot, plan.seed, pools=data).measure(net, progress=report_loss)
         shape = (1, *data.image_shape)
     else:
         metrics, shape = train_and_validate(net, data, plan), (1, *data[1].tensors[0].shape[1:])

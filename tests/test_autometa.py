@@ -4,12 +4,14 @@ digits, sizes shrunk)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import nni
 import numpy as np
 import pytest
 import torch
@@ -107,13 +109,17 @@ def test_maml_evaluator_reports_validation_and_test_with_intervals(pools: MetaPo
                   maml=MAMLSettings(iterations=2, meta_batch=1, inner_steps=1, test_inner_steps=1))
     net = space.freeze(conv4_sample(space))
     before = [p.detach().clone() for p in net.parameters()]
-    metrics = MAMLEvaluator(pools, few).measure(net)
+    metrics = MAMLEvaluator(few_shot=few, pools=pools).measure(net)
     assert set(metrics) == {"default", "accuracy", "val_ci95", "params", "meta_train_seconds", "test_accuracy",
                             "test_ci95", "digits_accuracy", "digits_ci95"}
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_ci95"] >= 0 and metrics["params"] == 28_485
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # meta-training moved the weights
     _, ci = meta_test(net, EpisodeSampler(pools.test, 5, 1, 2, seed=1).episodes(4), few.maml)
     assert ci >= 0
+    evaluator = MAMLEvaluator(few_shot=dataclasses.replace(few, images_per_class=30))
+    again = nni.load(nni.dump(evaluator))  # NNI's training-service engine sends evaluators this way
+    assert (again.few_shot, again.dataset, again.seed) == (evaluator.few_shot, "fashion-mnist", 0)
+    assert torch.equal(again.pools.test.images, evaluator.pools.test.images)
     with pytest.raises(UsageError, match="MAML inner_lr must be a positive number"):
         FewShot(maml=MAMLSettings(inner_lr=0)).check()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nni.nas.evaluator import Evaluator
@@ -21,7 +21,7 @@ from hmnas_nni.common.episodes import EpisodeSampler
 from hmnas_nni.common.maml import MAMLSettings, meta_test, meta_train
 from hmnas_nni.format.errors import UsageError
 
-from .meta_data import MetaPools
+from .meta_data import MetaPools, load_meta_pools
 
 #: Seeds of the fixed meta-validation and meta-test episode lists (meta-training draws from the trial's seed).
 VAL_SEED, TEST_SEED = 10_001, 20_002
@@ -59,15 +59,33 @@ class FewShot:
 
 
 class MAMLEvaluator(Evaluator):
-    """Meta-train with MAML, then meta-validate and meta-test (module docstring); ``seed`` draws the meta-training
-    episodes (the network's weights are drawn where it is built)."""
+    """Meta-train with MAML, then meta-validate and meta-test (module docstring).
 
-    def __init__(self, pools: MetaPools, few_shot: FewShot | None = None, seed: int = 0) -> None:
-        self.pools, self.few_shot, self.seed = pools, (few_shot or FewShot()).check(), int(seed)
-        self.sampler(pools.train, seed)  # too few classes or images is reported before any trial
+    ``dataset`` ("fashion-mnist" or an image folder) gives the class pools (``few_shot.images_per_class`` images of
+    each class, drawn with ``seed``), unless ``pools`` are given already loaded; ``seed`` also draws the
+    meta-training episodes (the network's weights are drawn where it is built). The evaluator is serialised as
+    these arguments, so NNI's training-service engine can send it to trial processes.
+    """
+
+    def __init__(self, dataset: str = "fashion-mnist", few_shot: FewShot | None = None, seed: int = 0,
+                 data_root: str | None = None, pools: MetaPools | None = None) -> None:
+        self.dataset, self.data_root = dataset, data_root
+        self.few_shot, self.seed = (few_shot or FewShot()).check(), int(seed)
+        self.pools = pools or load_meta_pools(dataset, data_root, self.few_shot.images_per_class, self.seed)
+        self.sampler(self.pools.train, seed)  # too few classes or images is reported before any trial
 
     def __repr__(self) -> str:
-        return f"MAMLEvaluator({self.few_shot.setting}, seed={self.seed})"
+        return f"MAMLEvaluator({self.dataset!r}, {self.few_shot.setting}, seed={self.seed})"
+
+    def _dump(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "few_shot": asdict(self.few_shot), "seed": self.seed,
+                "data_root": self.data_root}
+
+    @staticmethod
+    def _load(**ir: Any) -> MAMLEvaluator:
+        few_shot = dict(ir["few_shot"])
+        few_shot["maml"] = MAMLSettings(**few_shot["maml"])
+        return MAMLEvaluator(ir["dataset"], FewShot(**few_shot), ir["seed"], ir.get("data_root"))
 
     def sampler(self, pool: Any, seed: int) -> EpisodeSampler:
         """Episodes of this evaluator's setting from ``pool``."""
