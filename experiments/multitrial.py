@@ -1,10 +1,13 @@
-"""Multi-trial NAS with trained trials: AG-Net, NASES or NNI's own strategies on an NNI model space, each trained.
+"""Multi-trial NAS with trained trials: AG-Net, NASES, PNAS or NNI's own strategies on an NNI model space.
 
-Every trial freezes one sample of the space (NNI's ``space.freeze``), trains the network with ``hmnas retrain``'s
-recipe on one half of the training subset, measures its accuracy on the other half (the search's validation
-half; the test set is never seen), its latency in ONNX Runtime on this machine (batch 1) and its parameters, and
-reports ``{"default": accuracy, "accuracy", "latency", "params"}`` to NNI. The strategy runs on NNI's sequential
-engine through :class:`~nni.nas.experiment.NasExperiment`.
+Every trial freezes one sample of the space (NNI's ``space.freeze``) and measures the network with the plan's
+evaluator: ``train`` trains it with ``hmnas retrain``'s recipe on one half of the training subset and measures
+its accuracy on the other half (the search's validation half; the test set is never seen); ``maml`` meta-trains
+it on few-shot episodes (:class:`~hmnas_nni.search.maml_evaluator.MAMLEvaluator`: meta-validation accuracy, and
+meta-test accuracies with their intervals); ``classify`` trains it on the meta-train classes of the few-shot split
+only (the ordinary search Auto-Meta compares with). Every trial adds its latency in ONNX Runtime on this machine
+(batch 1) and its parameters, and reports the dict to NNI (``default`` is the accuracy strategies rank). The
+strategy runs on NNI's sequential engine through :class:`~nni.nas.experiment.NasExperiment`.
 
 Every trial is written at once, as its evaluator reported it, to ``OUT/trials.json``. A stopped run continues
 with ``resume=True``: a seeded strategy proposes the same samples again, and a sample already trained is answered
