@@ -193,3 +193,23 @@ def test_autometa_bench_compares_conv4_and_searched_learners(tmp_path: Path) -> 
     assert all(0 <= r["test_accuracy"] <= 1 and r["test_ci95"] >= 0 for r in results["rows"])
     assert "| conv4 | 5-way 1-shot |" in (out / "table.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_image_folder_gives_pools_the_same_way(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", "abcde"), ("val", "fghij"), ("test", "klmno")):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
+    pools = load_meta_pools(str(tmp_path), images_per_class=2)
+    assert pools.train.classes == list("abcde") and pools.test.classes == list("klmno") and not pools.cross
+    assert pools.image_shape == (1, 28, 28) and len(pools.val) == 10
+    episode = EpisodeSampler(pools.test, ways=5, shots=1, queries=1).episode(0)
+    assert episode.support_x.shape == (5, 1, 28, 28)
+    (tmp_path / "val").rename(tmp_path / "valid")
+    with pytest.raises(UsageError, match="no \\['val'\\] folder"):
+        load_meta_pools(str(tmp_path))
