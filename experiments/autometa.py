@@ -30,6 +30,7 @@ from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.search.maml_evaluator import MAMLEvaluator
+from hmnas_nni.search.meta_data import MetaPools
 from hmnas_nni.spaces.meta_cells import MetaCellSpace, conv4_sample
 
 from .multitrial import STRATEGY_NAMES, MultiTrialPlan, plan_inputs, run_multitrial
@@ -72,12 +73,12 @@ def run_autometa_benchmark(plan: MultiTrialPlan, out: str | Path, strategies: li
         searches = {f"{name}-maml": dataclasses.replace(plan, strategy=name, evaluator="maml") for name in strategies}
         searches[f"{ordinary}-ordinary"] = dataclasses.replace(plan, strategy=ordinary, evaluator="classify")
         found = {name: _search(p, folder.path / "searches" / name, command, log) for name, p in searches.items()}
-        space, pools = plan_inputs(dataclasses.replace(plan, evaluator="maml"))
+        space, evaluator = plan_inputs(dataclasses.replace(plan, evaluator="maml"))
         archs = {"conv4": {"sample": conv4_sample(space), "search_seconds": 0.0}, **found}
         rows = []
         for name, arch in archs.items():
             for shots in final.shots:
-                rows.append(_final(name, arch, shots, space, pools, plan, final, folder.path / "final", log))
+                rows.append(_final(name, arch, shots, space, evaluator.pools, plan, final, folder.path / "final", log))
         summary = {"plan": dataclasses.asdict(plan), "final": dataclasses.asdict(final), "command": command,
                    "strategies": strategies, "ordinary": ordinary, "architectures": archs, "rows": rows}
         write_json(folder.staged("results.json"), summary)
@@ -105,7 +106,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _final(name: str, arch: dict[str, Any], shots: int, space: MetaCellSpace, pools: Any, plan: MultiTrialPlan,
+def _final(name: str, arch: dict[str, Any], shots: int, space: MetaCellSpace, pools: MetaPools, plan: MultiTrialPlan,
            final: FinalEvaluation, folder: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Meta-train one architecture for one shot count and meta-test it (or read back an earlier run's result)."""
     path = folder / f"{name}-{shots}shot.json"

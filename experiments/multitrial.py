@@ -178,8 +178,7 @@ def train_and_measure(net: torch.nn.Module, data: Any, plan: MultiTrialPlan,
     """The plan's evaluator on one network, with its latency (ONNX Runtime, batch 1) and parameters: the metric
     dict a trial reports."""
     if plan.evaluator == "maml":
-        metrics = MAMLEvaluator(plan.dataset, plan.few_shot, plan.seed, pools=data).measure(net, progress=report_loss)
-        shape = (1, *data.image_shape)
+        metrics, shape = data.measure(net, progress=report_loss), (1, *data.pools.image_shape)
     else:
         metrics, shape = train_and_validate(net, data, plan), (1, *data[1].tensors[0].shape[1:])
     net.eval()
@@ -200,14 +199,16 @@ def train_and_validate(net: torch.nn.Module, data: tuple[Any, Any], plan: MultiT
 
 def plan_inputs(plan: MultiTrialPlan) -> tuple[torch.nn.Module, Any]:
     """The space of ``plan`` sized for its data, and the data its evaluator reads: the (train, validation) halves
-    of the subset, or the few-shot pools (maml), or the meta-train classes split 80/20 (classify)."""
+    of the subset, or the MAML evaluator of the few-shot pools (maml), or the meta-train classes split 80/20
+    (classify). Pools too small for the plan's episodes are refused here, before any trial."""
     if plan.evaluator == "train":
         train, _, info = load_dataset(plan.dataset, root=plan.data_root)
         data = search_splits(train, plan.subset, plan.seed)
         shape, classes = (info.in_channels, info.input_size, info.input_size), info.num_classes
     else:
         pools = load_meta_pools(plan.dataset, plan.data_root, plan.few_shot.images_per_class, plan.seed)
-        data = pools if plan.evaluator == "maml" else _classes_split(pools)
+        data = (MAMLEvaluator(plan.dataset, plan.few_shot, plan.seed, plan.data_root, pools)
+                if plan.evaluator == "maml" else _classes_split(pools))
         shape = pools.image_shape
         classes = plan.few_shot.ways if plan.evaluator == "maml" else len(pools.train.classes)
     given = dict(plan.space_args or {})

@@ -180,6 +180,9 @@ def test_pnas_maml_search_runs_and_resumes_from_the_command_line(tmp_path: Path)
     assert again.stdout.count("(from the earlier run)") == 3  # nothing meta-trained twice
     refused = _hmnas(*argv[:-2], "--dataset", "digits", "--out", str(tmp_path / "digits"))
     assert refused.returncode == 2 and "neither 'fashion-mnist' nor a folder" in refused.stderr
+    refused = _hmnas(*argv[:-2], "--ways", "9", "--out", str(tmp_path / "nine"))  # meta-validation has 8 classes
+    assert refused.returncode == 2 and "9-way episodes need at least 9 classes" in refused.stderr
+    assert not (tmp_path / "nine").exists()  # refused before any folder or trial
 
 
 def test_autometa_bench_compares_conv4_and_searched_learners(tmp_path: Path) -> None:

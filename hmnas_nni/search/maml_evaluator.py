@@ -72,7 +72,8 @@ class MAMLEvaluator(Evaluator):
         self.dataset, self.data_root = dataset, data_root
         self.few_shot, self.seed = (few_shot or FewShot()).check(), int(seed)
         self.pools = pools or load_meta_pools(dataset, data_root, self.few_shot.images_per_class, self.seed)
-        self.sampler(self.pools.train, seed)  # too few classes or images is reported before any trial
+        for pool in (self.pools.train, self.pools.val, self.pools.test, *self.pools.cross.values()):
+            self.sampler(pool, seed)  # too few classes or images is reported before any trial
 
     def __repr__(self) -> str:
         return f"MAMLEvaluator({self.dataset!r}, {self.few_shot.setting}, seed={self.seed})"
