@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 import hmnas_nni.export as export
 from hmnas_nni.cli.main import main as hmnas_main
-from hmnas_nni.export.sample import SMOKE_ARGS, smoke_architecture
 from hmnas_nni.search.data import load_dataset
 from hmnas_nni.spaces import build_space
+from tests.sample_archs import SMOKE_ARGS, smoke_architecture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

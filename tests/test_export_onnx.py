@@ -21,7 +21,7 @@ from hmnas_nni.export.onnx_export import (
     metadata_of,
     ort_session,
 )
-from hmnas_nni.export.sample import smoke_architecture
+from tests.sample_archs import smoke_architecture
 
 SPACES = ("nb201", "darts", "mobile")
 

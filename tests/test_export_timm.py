@@ -11,8 +11,8 @@ from timm.data import resolve_data_config
 
 import hmnas_nni.export as export
 from hmnas_nni.export.hmnas_timm import ARCH_DIR, HmnasNet, WeightsError, registered_architectures
-from hmnas_nni.export.sample import smoke_architecture
 from hmnas_nni.format.architecture import ArchitectureError
+from tests.sample_archs import smoke_architecture
 
 SPACES = ("nb201", "darts", "mobile")
 

@@ -257,14 +257,6 @@ class LatencyModel:
         with self.cheapest():
             return self.predicted_ms()
 
-    def breakdown(self) -> dict[str, float]:
-        """Expected milliseconds per item kind, and the base, for the network the masks keep now."""
-        out = {"base": self.base_ms, **{k: 0.0 for k in KINDS}}
-        with torch.no_grad():
-            for item, ms in zip(self.items, (self.costs * self._gates.gates().cpu()).tolist()):
-                out[item.kind] += ms
-        return out
-
 
 def latency_model_for(supernet: nn.Module, hierarchy: Hierarchy, table: Any, target_ms: float | None = None,
                       serving: Mapping[str, Any] | None = None) -> LatencyModel:

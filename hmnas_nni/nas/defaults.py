@@ -3,8 +3,7 @@ and the docs all read (docs/method.md explains each choice)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -20,9 +19,6 @@ class HMNASDefaults:
     sparsity: float = 1e-2  # lambda of the sparsity term lambda * mean |s|
     settle_epochs: int = 1  # last masking epochs with the masks fixed (BatchNorm settles on the exported net)
     latency_weight: float = 0.02  # weight of the latency-target term: 1 collapsed the cells (docs/hardware.md)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 DEFAULTS = HMNASDefaults()

@@ -1,4 +1,4 @@
-"""Valid architectures made from a space's catalogue, for tests, benchmarks and smoke runs.
+"""Valid architectures made from a space's catalogue, for the tests.
 
 They are *not* search results: :func:`sample_architecture` marks them ``strategy="sample"``
 so they are never mistaken for an architecture a search found.
