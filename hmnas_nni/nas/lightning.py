@@ -167,4 +167,5 @@ class HMNASLightningModule(DartsLightningModule):
         for p in [*self.arch_parameters(), *self.mask_parameters()]:
             if not torch.isfinite(p.detach()).all():
                 raise NumericalFault(f"non-finite architecture parameter at epoch {self.trainer.current_epoch}, "
-                                     f"step {batch_idx}, phase {phase!r}; lower --arc-lr / --mask-lr")
+                                     f"step {batch_idx}, phase {phase!r}; lower arc_learning_rate / "
+                                     "mask_learning_rate (--arc-lr / --mask-lr)")
