@@ -363,22 +363,26 @@ def _model_name(stem: str) -> str:
     return s if s.startswith("hmnas_") else f"hmnas_{s}"
 
 
+def _fixed(model_name: str, path: Path, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """The network of one registered architecture file; ``arch=`` belongs to the generic ``hmnas`` name."""
+    if "arch" in kwargs:
+        raise TypeError(f"{model_name} is a fixed architecture ({path.name}); use 'hmnas' to pass arch=")
+    return create_hmnas(path, pretrained, variant=model_name, **kwargs)
+
+
 def register_architecture(path: str | os.PathLike, name: str | None = None) -> str:
-    """Register an architecture JSON as timm model ``hmnas_<name>`` and return the model name."""
+    """Register a user's architecture JSON as timm model ``hmnas_<name>`` and return the model name."""
     path = Path(path)
     model_name = _model_name(name or path.stem)
     cfg = arch_pretrained_cfg(path, architecture=model_name)
     default_cfgs[model_name] = generate_default_cfgs({model_name: cfg})[model_name]
 
     def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        if "arch" in kwargs:
-            raise TypeError(f"{model_name} is a fixed architecture ({path.name}); use 'hmnas' to pass arch=")
-        return create_hmnas(path, pretrained, variant=model_name, **kwargs)
+        return _fixed(model_name, path, pretrained, kwargs)
 
     entry.__name__ = entry.__qualname__ = model_name
     entry.__module__ = __name__
-    entry.__doc__ = f"HM-NAS architecture shipped as {path.name}."
-    globals()[model_name] = entry
+    entry.__doc__ = f"HM-NAS architecture registered from {path.name}."
     register_model(entry)
     _ARCHS[model_name] = path
     return model_name
@@ -389,9 +393,14 @@ def registered_architectures() -> dict[str, Path]:
     return dict(_ARCHS)
 
 
+#: The architectures shipped in :data:`ARCH_DIR`, each registered below under ``hmnas_<file stem>``.
+SHIPPED = {_model_name(p.stem): p for p in shipped_architectures()}
+_ARCHS.update(SHIPPED)
+
 default_cfgs = generate_default_cfgs({
     "hmnas": arch_pretrained_cfg(
         DEFAULT_ARCH, description=f"HM-NAS derived network: arch= if given, else the shipped {DEFAULT_ARCH.name}"),
+    **{name: arch_pretrained_cfg(path, architecture=name) for name, path in SHIPPED.items()},
 })
 
 
@@ -401,5 +410,25 @@ def hmnas(pretrained: bool = False, arch: ArchLike | None = None, **kwargs: Any)
     return create_hmnas(arch, pretrained, variant="hmnas", **kwargs)
 
 
-for _path in shipped_architectures():
-    register_architecture(_path)
+@register_model
+def hmnas_darts_digits_smoke(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A DARTS-space cell network searched on digits at smoke size (darts_digits_smoke.json)."""
+    return _fixed("hmnas_darts_digits_smoke", SHIPPED["hmnas_darts_digits_smoke"], pretrained, kwargs)
+
+
+@register_model
+def hmnas_mobile_digits_smoke(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A mobile-space network (widths, kernels, depths) searched on digits at smoke size (mobile_digits_smoke.json)."""
+    return _fixed("hmnas_mobile_digits_smoke", SHIPPED["hmnas_mobile_digits_smoke"], pretrained, kwargs)
+
+
+@register_model
+def hmnas_nb201_digits_smoke(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """An NB201-space cell network searched on digits at smoke size (nb201_digits_smoke.json)."""
+    return _fixed("hmnas_nb201_digits_smoke", SHIPPED["hmnas_nb201_digits_smoke"], pretrained, kwargs)
+
+
+@register_model
+def hmnas_nb201_fmnist(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The README's main job: the NB201-space network searched on Fashion-MNIST (nb201_fmnist.json)."""
+    return _fixed("hmnas_nb201_fmnist", SHIPPED["hmnas_nb201_fmnist"], pretrained, kwargs)
