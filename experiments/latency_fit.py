@@ -1,7 +1,7 @@
 """How well a latency table predicts whole networks: random mask settings of a supernet, each derived network
 timed whole and compared with ``base + sum of its candidates' costs``.
 
-    python -m hmnas_nni.export.latency_fit --out runs/latency-fit [--networks 12] [--exporter torchscript]
+    python -m hmnas_nni.experiments.latency_fit --out runs/latency-fit [--networks 12] [--exporter torchscript]
 
 prints and writes ``latency_fit.json`` (every network's predicted and measured milliseconds, Pearson and Spearman
 correlations, absolute and relative errors, per space and over all) and ``latency_fit.png`` (the scatter).
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from hmnas_nni.export.latency import Runtime, Timer, measure_table, random_scores, reads_input, traced_supernet
 from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
@@ -32,8 +33,6 @@ from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.nas.levels import masks_at
 from hmnas_nni.nas.samples import architecture_from_export, export_sample
-
-from .latency import Runtime, Timer, measure_table, random_scores, reads_input, traced_supernet
 
 _logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Accuracy against measured latency: HM-NAS's family from one search beside NNI's Proxyless (its latency penalty
 read from the same table) and DARTS, on the same space, data split, evaluator and seeds.
 
-    python -m hmnas_nni.export.front --out runs/front [--dataset fashion-mnist --subset 4000 --epochs 6]
+    python -m hmnas_nni.experiments.front --out runs/front [--dataset fashion-mnist --subset 4000 --epochs 6]
 
 Each search trains through NNI's ``NasExperiment`` with one ``Classification`` evaluator; every derived network
 (HM-NAS: the K members of its family; NNI's strategies: their exported architecture) keeps the supernet's
 weights and is scored on the search's validation half (the test set is never seen) and timed in ONNX Runtime
 on the table's runtime (HM-NAS's members in one set of rounds, the NNI networks of a seed in another).
-Writes ``front.json`` and ``front.png``. Then ``python -m hmnas_nni.export.front --out runs/front --retrain 3``
+Writes ``front.json`` and ``front.png``. Then ``python -m hmnas_nni.experiments.front --out runs/front --retrain 3``
 retrains every network of that front from scratch with one recipe and adds ``test_acc`` and
 ``front_retrained.png``.
 """
@@ -33,6 +33,8 @@ from nni.nas.experiment import NasExperiment
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from nni.nas.profiler import ExpressionProfiler
 
+from hmnas_nni.export.family import family
+from hmnas_nni.export.latency import Runtime, Timer, runtime_of, table_for_space
 from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
@@ -44,9 +46,6 @@ from hmnas_nni.nas.strategy import HMNAS
 from hmnas_nni.search.data import load_dataset, search_splits
 from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 from hmnas_nni.spaces import build_space
-
-from .family import family
-from .latency import Runtime, Timer, runtime_of, table_for_space
 
 _logger = logging.getLogger(__name__)
 STRATEGIES = ("hmnas", "proxyless", "darts")
@@ -289,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), family_k=args.family,
               target_fraction=args.target_fraction, runtime=Runtime("cpu", args.threads, args.exporter),
               latency_weight=args.latency_weight,
-              command=" ".join(["python -m hmnas_nni.export.front", *(argv if argv is not None else sys.argv[1:])]))
+              command=" ".join(["python -m hmnas_nni.experiments.front",
+                                *(argv if argv is not None else sys.argv[1:])]))
     return 0
 
 
