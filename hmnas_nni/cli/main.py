@@ -20,6 +20,7 @@ from .compare import add_compare_parser
 from .controller_similarity import add_controller_similarity_parser
 from .errors import classify
 from .export import add_bench_parser, add_export_parser, add_retrain_parser
+from .instance import add_instance_parser
 from .latency import add_latency_parser
 from .multitrial import add_multitrial_parser
 from .options import CommandParser
@@ -30,7 +31,8 @@ from .trial import add_trial_parser
 
 COMMANDS = (add_search_parser, add_trial_parser, add_show_parser, add_retrain_parser, add_export_parser,
             add_bench_parser, add_compare_parser, add_latency_parser, add_table_bench_parser,
-            add_multitrial_parser, add_arch_trial_parser, add_controller_similarity_parser, add_autometa_parser)
+            add_multitrial_parser, add_arch_trial_parser, add_controller_similarity_parser, add_autometa_parser,
+            add_instance_parser)
 
 
 class _DropNoise(logging.Filter):
