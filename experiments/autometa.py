@@ -79,7 +79,10 @@ def run_autometa_benchmark(plan: MultiTrialPlan, out: str | Path, strategies: li
         for name, arch in archs.items():
             for shots in final.shots:
                 rows.append(_final(name, arch, shots, space, evaluator.pools, plan, final, folder.path / "final", log))
-        summary = {"plan": dataclasses.asdict(plan), "final": dataclasses.asdict(final), "command": command,
+        shared = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("strategy", "evaluator")}
+        summary = {"plan": shared, "searches": {n: {"strategy": p.strategy, "evaluator": p.evaluator}
+                                                for n, p in searches.items()},
+                   "final": dataclasses.asdict(final), "command": command,
                    "strategies": strategies, "ordinary": ordinary, "architectures": archs, "rows": rows}
         write_json(folder.staged("results.json"), summary)
         write_atomic(folder.staged("table.md"), markdown(summary))

@@ -193,6 +193,9 @@ def test_autometa_bench_compares_conv4_and_searched_learners(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert [r["architecture"] for r in results["rows"]] == ["conv4", "pnas-maml", "pnas-ordinary"]
+    assert results["searches"] == {"pnas-maml": {"strategy": "pnas", "evaluator": "maml"},
+                                   "pnas-ordinary": {"strategy": "pnas", "evaluator": "classify"}}
+    assert "strategy" not in results["plan"]  # each search records its own; the plan holds what they share
     assert all(0 <= r["test_accuracy"] <= 1 and r["test_ci95"] >= 0 for r in results["rows"])
     assert "| conv4 | 5-way 1-shot |" in (out / "table.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
