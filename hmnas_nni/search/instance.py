@@ -179,8 +179,8 @@ class InstaNASSettings:
     def validate(self) -> InstaNASSettings:
         """Refuse values that make no sense, one line each."""
         if not 0 <= self.latency_weight <= 1:
-            raise UsageError(f"--latency-weight {self.latency_weight!r} is outside [0, 1]: 0 ignores latency, 1 "
-                             "gives a correct answer of the slowest member no reward")
+            raise UsageError(f"latency_weight (--latency-weight) {self.latency_weight!r} is outside [0, 1]: 0 "
+                             "ignores latency, 1 gives a correct answer of the slowest member no reward")
         for name in ("penalty", "entropy", "finetune_lr"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise UsageError(f"{name} must be finite and >= 0, got {getattr(self, name)!r}")
@@ -189,7 +189,7 @@ class InstaNASSettings:
         if self.policy_passes < 1 or self.batch_size < 1 or self.bn_batches < 1:
             raise UsageError("policy_passes, batch_size and bn_batches must be >= 1")
         if self.controller_size is not None and self.controller_size < 1:
-            raise UsageError(f"--controller-size {self.controller_size!r}: pass a side >= 1")
+            raise UsageError(f"controller_size (--controller-size) {self.controller_size!r}: pass a side >= 1")
         return self
 
 
