@@ -1,10 +1,12 @@
-"""Measuring the instance-aware model in ONNX Runtime at batch 1 over real test images, and drawing its choices.
+"""Measuring the instance-aware model in ONNX Runtime over real test images, and drawing its choices.
 
 :func:`bench_instance` times, per image, the controller call plus the chosen member's call (what serving one image
 costs), the controller alone (its overhead) and every member alone on the same images; each with accuracy, mean
-and p90 latency. The figures: the choice per class (``choices.png``), example images per member
-(``examples.png``) and accuracy against mean latency, the members' front with the instance-aware point
-(``front.png``).
+and p90 latency. :func:`bench_batched` times batched serving: each batch runs the controller once and each chosen
+member once on its group of images (the dispatcher), against every member alone on the same batches. The
+figures: the choice per class (``choices.png``), example images per member (``examples.png``), accuracy against
+mean latency, the members' front with the instance-aware point (``front.png``), and throughput against batch size
+(``batched.png``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,52 @@ def bench_instance(dispatcher: Dispatcher, x: torch.Tensor, y: torch.Tensor, war
     return out
 
 
+def bench_batched(dispatcher: Dispatcher, x: torch.Tensor, y: torch.Tensor, batch_sizes: list[int],
+                  warmup: int = 3) -> list[dict[str, Any]]:
+    """Per batch size ``B``: the images in batches of ``B`` through the dispatcher (controller, then one call per
+    chosen member) and through each member alone, interleaved batch by batch; milliseconds per batch, images per
+    second, accuracy and member calls per batch. A last partial batch is left out so every batch has ``B`` images."""
+    rows = []
+    for b in batch_sizes:
+        n = (len(x) // b) * b
+        batches = [(x[i:i + b].numpy(), y[i:i + b].numpy()) for i in range(0, n, b)]
+        if not batches:
+            continue
+        for xb, _ in batches[:warmup]:
+            dispatcher(xb)
+            for k in range(len(dispatcher.members)):
+                dispatcher.run_member(k, xb)
+        rows.append(_batched_row(dispatcher, batches, b))
+    return rows
+
+
+def _batched_row(dispatcher: Dispatcher, batches: list[tuple[np.ndarray, np.ndarray]], b: int) -> dict[str, Any]:
+    """One batch size of :func:`bench_batched`."""
+    members = range(len(dispatcher.members))
+    inst_ms, inst_ok, calls = [], 0, []
+    alone_ms: list[list[float]] = [[] for _ in members]
+    alone_ok = [0 for _ in members]
+    for xb, yb in batches:
+        (logits, pick), ms = _timed(dispatcher, xb)
+        inst_ms.append(ms)
+        inst_ok += int((logits.argmax(1) == yb).sum())
+        calls.append(len(np.unique(pick)))
+        for j in members:
+            out, ms = _timed(lambda a, j=j: dispatcher.run_member(j, a), xb)
+            alone_ms[j].append(ms)
+            alone_ok[j] += int((out.argmax(1) == yb).sum())
+    images = len(batches) * b
+
+    def row(ms: list[float], ok: int) -> dict[str, Any]:
+        mean = float(np.mean(ms))
+        return {"mean_ms": mean, "p90_ms": float(np.percentile(ms, 90)), "throughput_ips": b / (mean / 1e3),
+                "accuracy": ok / images}
+
+    return {"batch": b, "batches": len(batches), "images": images,
+            "instance": {**row(inst_ms, inst_ok), "member_calls_per_batch": float(np.mean(calls))},
+            "members": [{"member": j, **row(alone_ms[j], alone_ok[j])} for j in members]}
+
+
 # --------------------------------------------------------------------------- figures
 def plot_choices(picks: list[int], labels: np.ndarray, members: int, classes: list[str] | None = None) -> bytes:
     """Per class, the share of its test images that chose each member (stacked bars)."""
@@ -125,5 +173,22 @@ def plot_front(bench: dict[str, Any]) -> bytes:
             label=f"instance-aware (controller {bench['controller']['mean_ms']:.3f} ms)")
     ax.set_xlabel("mean latency, batch 1, ONNX Runtime (ms)")
     ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    return png_bytes(fig)
+
+
+def plot_batched(rows: list[dict[str, Any]]) -> bytes:
+    """Throughput against batch size: the dispatcher (grouped by chosen member) and every member alone."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    bs = [r["batch"] for r in rows]
+    for j in range(len(rows[0]["members"]) if rows else 0):
+        ax.plot(bs, [r["members"][j]["throughput_ips"] for r in rows], "o--", label=f"member {j} alone", alpha=0.7)
+    ax.plot(bs, [r["instance"]["throughput_ips"] for r in rows], "r*-", markersize=10, label="instance-aware")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images per second, ONNX Runtime")
+    ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return png_bytes(fig)

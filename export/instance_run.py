@@ -4,7 +4,8 @@ It restores the search's supernet and family, trains the controller and fine-tun
 checkpoint after every epoch: ``checkpoints/last.pt``, which ``resume=True`` continues from), then writes
 together: ``model/`` (PyTorch weights, ONNX files and the dispatcher's manifest), ``parity.json``, ``bench.json``
 (batch 1 over the real test set), ``choices.png``, ``examples.png``, ``front.png`` and the record
-``instance.json``.
+``instance.json``. :func:`bench_instance_model` measures a model folder again on its own (``hmnas bench FOLDER``):
+batch 1 over the real test set and batched serving at the batch sizes asked for.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.search.data import load_dataset
 from hmnas_nni.search.instance import InstaNAS, InstaNASSettings, load_searched_family
 
-from .instance import Dispatcher, check_parity, instance_model, save_instance
-from .instance_bench import bench_instance, plot_choices, plot_examples, plot_front
+from .bench import check_settings
+from .instance import MANIFEST, Dispatcher, check_parity, instance_model, save_instance
+from .instance_bench import bench_batched, bench_instance, plot_batched, plot_choices, plot_examples, plot_front
 
 _logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
+BATCHES = (1, 8, 64, 256)
+PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"], "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def train_instance_aware(search: str | Path, out: str | Path, *, epochs: int = 3, latency_weight: float = 0.5,
@@ -107,3 +111,46 @@ def _headline(bench: dict[str, Any]) -> dict[str, Any]:
             "latency_ratio": inst["mean_ms"] / best["mean_ms"],
             "goal_met": bool(100 * (best["accuracy"] - inst["accuracy"]) <= 0.5
                              and inst["mean_ms"] <= 0.5 * best["mean_ms"])}
+
+
+# --------------------------------------------------------------------------- a model folder on its own
+def model_folder(path: str | Path) -> Path:
+    """The model folder of ``path``: the folder itself, or the ``model/`` inside an `hmnas instance` output."""
+    path = Path(path)
+    return path / "model" if (path / "model" / MANIFEST).is_file() else path
+
+
+def bench_instance_model(model: str | Path, out: str | Path, *, batch_sizes: list[int] | None = None,
+                         images: int | None = None, threads: int | None = 1, backend: str = "ort-cpu",
+                         data_root: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Measure an instance-aware model folder in ONNX Runtime on its dataset's test set: batch 1 per image (the
+    instance-aware model, its controller, every member) and batched serving at ``batch_sizes``; writes
+    ``bench.json``, ``batched.png``, ``front.png``, ``choices.png`` and ``examples.png`` into ``out``."""
+    batch_sizes = list(batch_sizes or BATCHES)
+    check_settings(batch_sizes, 0, 1, 0.0, threads)
+    if backend not in PROVIDERS:
+        raise UsageError(f"backend {backend!r} does not serve an instance-aware model; choose from {list(PROVIDERS)}")
+    if images is not None and (not isinstance(images, int) or images < 1):
+        raise UsageError(f"images={images!r}: pass a number >= 1, or None for the whole test set")
+    dispatcher = Dispatcher(model_folder(model), threads=threads or 0, providers=PROVIDERS[backend])
+    dataset = dispatcher.manifest.get("dataset")
+    if not dataset:
+        raise UsageError(f"{model_folder(model) / MANIFEST} names no dataset to measure on; pass a folder "
+                         "`hmnas instance` wrote")
+    _, test, _ = load_dataset(dataset, data_root)
+    x, y = test.tensors
+    n = len(x) if images is None else min(images, len(x))
+    with OutputFolder(out, "hmnas bench", force=force) as folder:
+        single = bench_instance(dispatcher, x[:n], y[:n])
+        batched = bench_batched(dispatcher, x[:n], y[:n], batch_sizes)
+        members = len(dispatcher.members)
+        write_atomic(folder.staged("choices.png"), plot_choices(single["choices"], y[:n].numpy(), members))
+        write_atomic(folder.staged("examples.png"), plot_examples(x[:n], single["choices"], members))
+        write_atomic(folder.staged("front.png"), plot_front(single))
+        write_atomic(folder.staged("batched.png"), plot_batched(batched))
+        doc = {"model": str(model_folder(model)), "dataset": dataset, "backend": backend, "threads": threads,
+               "batch_1": _headline(single), "batched": batched, "environment": single["environment"],
+               "choices": single["choices"], "predictions": single["predictions"]}
+        write_json(folder.staged("bench.json"), doc)
+        folder.commit("bench.json")
+    return doc

@@ -96,3 +96,39 @@ def test_bad_inputs_get_one_line_errors(search, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("hmnas instance: error: ") and message in err[0], err
     assert not (tmp_path / "o").exists()  # refused before the output folder was claimed
+
+
+def test_hmnas_bench_measures_the_model_folder_at_batch_1_and_batched(trained, tmp_path, capsys):
+    out, _ = trained
+    dest = tmp_path / "bench"
+    assert main(["bench", str(out), "--out", str(dest), "--images", "40", "--batch-sizes", "1,8",
+                 "--threads", "1"]) == 0
+    assert "member calls per batch" in capsys.readouterr().out
+    doc = json.loads((dest / "bench.json").read_text())
+    one, (b1, b8) = doc["batch_1"], doc["batched"]
+    assert one["instance"]["images"] == 40 and one["controller"]["mean_ms"] > 0 and len(doc["choices"]) == 40
+    assert (b1["batch"], b1["batches"], b8["batch"], b8["batches"]) == (1, 40, 8, 5)
+    members = len(b8["members"])
+    assert 1 <= b8["instance"]["member_calls_per_batch"] <= members and b1["instance"]["member_calls_per_batch"] == 1
+    assert all(r["throughput_ips"] > 0 for row in (b1, b8) for r in [row["instance"], *row["members"]])
+    # grouping by chosen member serves what batch 1 serves
+    assert abs(b8["instance"]["accuracy"] - one["instance"]["accuracy"]) <= 1 / 40
+    for name in ("bench.json", "batched.png", "front.png", "choices.png", "examples.png"):
+        assert (dest / name).stat().st_size > 0, name
+    assert main(["bench", str(out), "--out", str(dest), "--images", "40"]) == 2  # the folder guard
+    assert "already holds another run's results" in capsys.readouterr().err
+
+
+def test_hmnas_bench_refuses_what_a_model_folder_does_not_take(trained, tmp_path, capsys):
+    out, _ = trained
+    cases = [(["--weights", str(out / "model" / "model.safetensors")], "--weights"),
+             (["--backends", "ort-cpu,torch-eager"], "--backends"),
+             (["--backends", "torch-eager"], "does not serve an instance-aware model"),
+             (["--images", "0"], "images=0")]
+    for args, message in cases:
+        assert main(["bench", str(out), "--out", str(tmp_path / "o"), *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("hmnas bench: error: ") and message in err[0], err
+    assert main(["bench", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no instance-aware model manifest" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -104,7 +104,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         description="Benchmark one architecture (random or trained weights) on every usable runtime; "
                     "write bench.json, bench.csv and bench.png.",
     )
-    p.add_argument("arch", help="architecture JSON")
+    p.add_argument("arch", help="architecture JSON, or an instance-aware model folder (`hmnas instance` --out or its "
+                                "model/): then batch 1 over the test set and batched serving, in ONNX Runtime")
     add_allow_space(p)
     p.add_argument("--weights", default=None, help="model.safetensors (default: random weights; speed is the same)")
     p.add_argument("--onnx", default=None, help="the model.onnx `hmnas export` wrote for ARCH (default: export now)")
@@ -118,6 +119,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-seconds", type=float, default=None, help="keep timing until this long (default 1.0)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: all cores)")
     p.add_argument("--quick", action="store_true", help="short run for tests: batches 1,8, 3 warmup, 10 iters")
+    p.add_argument("--images", type=int, default=None,
+                   help="instance-aware model only: test images to measure on (default: the whole test set)")
+    p.add_argument("--data-root", default=None, help="instance-aware model only: folder holding the dataset files")
     p.add_argument("--force", action="store_true", help="replace the results another run left in --out")
     p.set_defaults(func=run_bench, advice=kept_advice)
 
@@ -131,6 +135,11 @@ def run_bench(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    if Path(args.arch).is_dir():
+        return run_instance_bench(args, batches, backends)
+    if args.images is not None or args.data_root is not None:
+        raise UsageError("--images and --data-root are for an instance-aware model folder; leave them out for "
+                         "an architecture JSON")
     result = bench(args.arch, args.out, weights=args.weights, onnx_path=args.onnx, batch_sizes=batches,
                    backends=backends, warmup=args.warmup, iters=args.iters, min_seconds=args.min_seconds,
                    threads=args.threads, quick=args.quick, force=args.force)
@@ -140,6 +149,34 @@ def run_bench(args: argparse.Namespace) -> int:
     for b, err in result["errors"].items():
         print(f"{b:>15}: not measured: {err}")
     print(f"wrote {', '.join(str(Path(args.out) / n) for n in OUTPUTS)}")
+    return 0
+
+
+def run_instance_bench(args: argparse.Namespace, batches: list[int] | None, backends: list[str] | None) -> int:
+    """``hmnas bench FOLDER`` of an instance-aware model: batch 1 per image and batched serving; a short table."""
+    from hmnas_nni.export.instance_run import bench_instance_model
+
+    unused = [f for f, v in (("--weights", args.weights), ("--onnx", args.onnx), ("--warmup", args.warmup),
+                             ("--iters", args.iters), ("--min-seconds", args.min_seconds)) if v is not None]
+    if unused or (backends is not None and len(backends) != 1):
+        raise UsageError(f"{', '.join(unused) or '--backends with several names'}: an instance-aware model folder "
+                         "holds its own weights and ONNX files and is timed once per test image or batch; leave "
+                         "them out (--backends takes one of ort-cpu, ort-cuda)")
+    if args.quick and batches is None:
+        batches = [1, 8]
+    doc = bench_instance_model(args.arch, args.out, batch_sizes=batches, images=args.images,
+                               threads=args.threads, backend=backends[0] if backends else "ort-cpu",
+                               data_root=args.data_root, force=args.force)
+    one = doc["batch_1"]
+    print(f"batch 1: instance-aware {one['instance']['accuracy']:.4f} at {one['instance']['mean_ms']:.3f} ms "
+          f"(controller {one['controller']['mean_ms']:.3f} ms); best member {one['best_member']}: "
+          f"{one['accuracy_drop_points']:+.2f} points drop at {one['latency_ratio']:.2f}x its latency")
+    for r in doc["batched"]:
+        best = max(r["members"], key=lambda m: m["accuracy"])
+        print(f"batch {r['batch']:>4}: instance-aware {r['instance']['throughput_ips']:9.1f} img/s "
+              f"({r['instance']['member_calls_per_batch']:.1f} member calls per batch); member {best['member']} "
+              f"alone {best['throughput_ips']:9.1f} img/s")
+    print(f"wrote {Path(args.out) / 'bench.json'}, batched.png, front.png, choices.png, examples.png")
     return 0
 
 
