@@ -135,7 +135,7 @@ def _corners(space: dict) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("name", ["hmnas", "compare", "smoke"])
+@pytest.mark.parametrize("name", ["hmnas", "compare", "smoke", "nasib"])
 def test_experiment_configs_are_valid_and_their_parameters_accepted(name: str) -> None:
     from nni.experiment.config import ExperimentConfig
 
@@ -151,6 +151,13 @@ def test_experiment_configs_are_valid_and_their_parameters_accepted(name: str) -
 def test_compare_covers_every_strategy() -> None:
     space = json.loads((EXPERIMENTS / "compare_search_space.json").read_text())
     assert set(space["strategy"]["_value"]) == {"hmnas", "darts", "gumbel-darts", "enas", "random-oneshot"}
+
+
+def test_nasib_experiment_budgets_every_strategy_alike() -> None:
+    yml = EXPERIMENTS / "nasib.yml"
+    for strategy in ("nasib", "hmnas", "darts", "random-oneshot"):
+        config = _trial_config(yml, {"strategy": strategy})
+        assert (config.strategy, config.space, config.budget) == (strategy, "nb201-sk", "2m")
 
 
 def test_python_api_example_exports_hmnas_and_darts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
