@@ -84,9 +84,10 @@ def _strip_probes(net: nn.Module) -> None:
                 del hooks[key]
 
 
-def derive_network(supernet: nn.Module, arch: Architecture) -> nn.Module:
-    """The network ``arch`` describes, cut out of the HM-NAS ``supernet`` with its weights (the supernet is kept)."""
-    net = copy.deepcopy(supernet)
+def derive_network(supernet: nn.Module, arch: Architecture, keep_supernet: bool = True) -> nn.Module:
+    """The network ``arch`` describes, cut out of the HM-NAS ``supernet`` with its weights; the supernet is kept
+    unless ``keep_supernet=False`` (then it is cut up in place, which saves a deep copy of it)."""
+    net = copy.deepcopy(supernet) if keep_supernet else supernet
     _strip_probes(net)
     _replace(net, arch)
     leftover = [f"{n} ({type(m).__name__})" for n, m in net.named_modules()

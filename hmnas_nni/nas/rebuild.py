@@ -39,7 +39,7 @@ def network_from_architecture(arch: Architecture, weights: Mapping[str, torch.Te
     if weights is not None:
         load_network_weights(supernet, weights, where)
     _record_edge_shapes(supernet, arch)
-    net = derive_network(supernet, arch)
+    net = derive_network(supernet, arch, keep_supernet=False)  # the supernet was built for this network alone
     _check_keeps_a_path(net, arch)
     net.train()
     return net
