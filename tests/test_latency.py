@@ -25,6 +25,7 @@ from hmnas_nni.export.latency import (
 from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
 from hmnas_nni.nas.cost import LatencyModel, cost_items
 from hmnas_nni.nas.lightning import HMNASLightningModule
+from hmnas_nni.nas.penalty import LatencyPenalty
 from tests.helpers import trace
 
 warnings.filterwarnings("ignore")
@@ -119,7 +120,8 @@ def test_weighted_sparsity_removes_the_expensive_entry_first(measured):
     table = measured[2]
     space, strategy = supernet()
     model = LatencyModel.of(space, strategy.hierarchy, table)
-    module = HMNASLightningModule(pl.LightningModule(), strategy.hierarchy, sparsity=1.0, latency=model)
+    module = HMNASLightningModule(pl.LightningModule(), strategy.hierarchy, sparsity=1.0,
+                                  penalty=LatencyPenalty.of(model))
     (weights,) = model.sparsity_weights()
     conv, skip = space.choice.names.index("conv"), space.choice.names.index("skip")
     assert weights.mean() == pytest.approx(1.0) and weights[conv] > 5 * weights[skip]
@@ -138,7 +140,8 @@ def test_with_equal_costs_the_weighted_term_is_the_plain_one():
     space, strategy = supernet()
     plain = HMNASLightningModule(pl.LightningModule(), strategy.hierarchy, sparsity=0.3)
     equal = LatencyModel(space, strategy.hierarchy, {"op:choice.conv": 2.0, "op:choice.skip": 2.0})
-    weighted = HMNASLightningModule(pl.LightningModule(), strategy.hierarchy, sparsity=0.3, latency=equal)
+    weighted = HMNASLightningModule(pl.LightningModule(), strategy.hierarchy, sparsity=0.3,
+                                    penalty=LatencyPenalty.of(equal))
     with torch.no_grad():
         strategy.hierarchy.masks["ops:choice"].scores.copy_(torch.tensor([0.02, -0.01]))
     assert float(weighted.sparsity_loss().detach()) == pytest.approx(float(plain.sparsity_loss().detach()))

@@ -5,6 +5,11 @@ weight steps (train split) with ``alpha``/``beta`` steps (validation split), the
 phase, where the architecture step also trains the mask scores under a sparsity term and the
 hierarchy rules are re-applied after every step. The last ``settle_epochs`` keep the masks fixed
 so that BatchNorm statistics settle on the architecture that will be exported.
+
+Hardware awareness comes as NNI's ``penalty``: a :class:`~hmnas_nni.nas.penalty.LatencyPenalty` weights the
+sparsity term by the latency each entry saves and, with a target, adds its term to the masking phase's
+architecture loss; any other NNI ``ExpectationProfilerPenalty`` is applied as NNI's DARTS applies it, to every
+architecture step's loss with :meth:`export_probs`.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 
-from .cost import LatencyModel
 from .defaults import DEFAULTS
 from .hierarchy import Hierarchy
+from .penalty import LatencyPenalty
 
 PHASES = ("warmup", "architecture", "masking")
 
@@ -34,16 +40,13 @@ class HMNASLightningModule(DartsLightningModule):
                  arch_epochs: int = DEFAULTS.arch_epochs, sparsity: float = DEFAULTS.sparsity,
                  settle_epochs: int = DEFAULTS.settle_epochs,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
-                 latency: LatencyModel | None = None, latency_target_ms: float | None = None,
-                 latency_weight: float = DEFAULTS.latency_weight) -> None:
+                 penalty: ExpectationProfilerPenalty | None = None) -> None:
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
-                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs)
-        if latency_target_ms is not None and latency is None:
-            raise ValueError("a latency target needs a latency table: pass latency_table= to HMNAS")
+                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
+        if isinstance(penalty, LatencyPenalty) and penalty.model is None:
+            raise ValueError("the LatencyPenalty is not bound to this supernet: HMNAS.mutate_model binds it (or build "
+                             "it bound with LatencyPenalty.of)")
         self.hierarchy = hierarchy
-        self.latency = latency
-        self.latency_target_ms = latency_target_ms
-        self.latency_weight = latency_weight
         self.mask_learning_rate = mask_learning_rate
         self.arch_epochs = arch_epochs
         self.sparsity = sparsity
@@ -109,8 +112,13 @@ class HMNASLightningModule(DartsLightningModule):
             p.requires_grad_(masks_on)
         return self.training_module.on_train_epoch_start()
 
+    @property
+    def latency(self) -> LatencyPenalty | None:
+        """The penalty when it is a :class:`~hmnas_nni.nas.penalty.LatencyPenalty` (HM-NAS's own), else ``None``."""
+        return self.penalty if isinstance(self.penalty, LatencyPenalty) else None
+
     def sparsity_loss(self) -> torch.Tensor:
-        """``lambda * mean |s|`` over every mask score: pushes towards fewer ops and edges. With a latency table,
+        """``lambda * mean |s|`` over every mask score: pushes towards fewer ops and edges. With a latency penalty,
         each score's term is weighted by the latency its entry saves (mean weight 1): expensive entries go first."""
         scores = torch.cat([s.reshape(-1) for s in self.mask_parameters()])
         if self.latency is None:
@@ -118,12 +126,14 @@ class HMNASLightningModule(DartsLightningModule):
         weights = torch.cat([w.reshape(-1) for w in self.latency.sparsity_weights()]).to(scores.device)
         return self.sparsity * (weights * scores.abs()).mean()
 
-    def latency_loss(self) -> torch.Tensor:
-        """``latency_weight * max(0, E / target - 1)``: the masked network's expected latency ``E`` (from the table,
-        through the straight-through masks) pushed under the target; zero without a target."""
-        if self.latency is None or self.latency_target_ms is None:
-            return torch.zeros(())
-        return self.latency_weight * torch.relu(self.latency.expected_ms() / self.latency_target_ms - 1)
+    def masking_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The masking phase's architecture loss: ``loss`` plus the sparsity term, plus a latency penalty's target
+        term ``scale * max(0, E / baseline - 1)``, ``E`` the masked network's expected latency (from the table,
+        through the straight-through masks)."""
+        loss = loss + self.sparsity_loss()
+        if self.latency is not None and self.latency.baseline is not None:
+            loss, _ = self.latency(loss)
+        return loss
 
     # -- one step
     def training_step(self, batch, batch_idx):
@@ -132,9 +142,12 @@ class HMNASLightningModule(DartsLightningModule):
         if phase != "warmup":
             arc_optim.zero_grad()
             loss = self._loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
+            if self.penalty is not None and self.latency is None:  # an NNI penalty, as NNI's DARTS applies it
+                loss, details = self.penalty(loss, self.export_probs())
+                self.log_dict({f"penalty/{k}": v for k, v in details.items()})
             masking = self.masks_training()
             if masking:
-                loss = loss + self.sparsity_loss() + self.latency_loss().to(loss.device)
+                loss = self.masking_loss(loss)
             self._check_finite(loss, batch_idx, phase, "architecture loss")
             self.manual_backward(loss)
             arc_optim.step()

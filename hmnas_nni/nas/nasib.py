@@ -179,8 +179,7 @@ class NASIB(HMNAS):
             min_exploit=self.min_exploit, arc_learning_rate=self.arc_learning_rate,
             mask_learning_rate=self.mask_learning_rate, warmup_epochs=0, arch_epochs=0, sparsity=self.sparsity,
             settle_epochs=0, gradient_clip_val=self.gradient_clip_val,
-            log_prob_every_n_step=self.log_prob_every_n_step, latency=self.latency,
-            latency_target_ms=self.latency_target_ms, latency_weight=self.latency_weight)
+            log_prob_every_n_step=self.log_prob_every_n_step, penalty=self.penalty)
 
     def budget_record(self) -> dict[str, Any]:
         """What the search spent and planned (empty before it ran)."""

@@ -15,22 +15,22 @@ architecture: every kept op and input with its learned weight, no top-k.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import torch.nn as nn
-from nni.mutable import frozen_context
 from nni.nas.nn.pytorch import Cell, InputChoice, ModelSpace
-from nni.nas.oneshot.pytorch.strategy import DARTS, _submodule_tree_map
+from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
+from nni.nas.oneshot.pytorch.strategy import DARTS, OneShotStrategy
 from nni.nas.oneshot.pytorch.supermodule.operation import MixedOperation
 from nni.nas.space import ModelStatus, RawFormatModelSpace
 
-from .cost import LatencyModel, latency_model_for
+from .cost import LatencyModel
 from .defaults import DEFAULTS
 from .derive import derive_network
 from .family import family_members
 from .hierarchy import Hierarchy
 from .lightning import HMNASLightningModule
+from .penalty import LatencyPenalty
 from .samples import architecture_from_export
 from .supermodules import (
     HMNAS_MIXED_OPERATIONS,
@@ -41,6 +41,7 @@ from .supermodules import (
     derivable,
     unsupported_mutable_hook,
 )
+from .supermodules.operation import DerivableOperation
 
 EDGE_LEVELS = ("auto", "input", "layer", "none")
 
@@ -66,18 +67,22 @@ class HMNAS(DARTS):
         an edge), ``"layer"`` (each ``LayerChoice`` is an edge with its own gate, for cells that sum their edges),
         ``"none"`` (chains), or ``"auto"``: the space's ``hmnas_edge_level`` attribute, else ``"input"`` when it has
         input choices outside cells, else ``"layer"``. NNI ``Cell``s always have both levels.
-    latency_table
-        A :class:`~hmnas_nni.format.latency_table.LatencyTable` (or the path of one) measured for this space: each
+    penalty
+        Hardware awareness, as NNI's ``DARTS(penalty=)`` takes it. A :class:`~hmnas_nni.nas.penalty.LatencyPenalty`
+        (a latency table, ``baseline`` the target in ms, ``scale`` its weight) is bound to the supernet in
+        :meth:`mutate_model`, where a table that does not fit the search (another space, space arguments or input
+        shape, or, with ``serving``, another batch, runtime or device) is refused, with or without a target. Each
         mask's sparsity term is then weighted by the latency its entry saves (mean weight 1, so ``sparsity`` keeps
-        its meaning), and ``list_models(limit=K)`` ranks the family by predicted latency. A table that does not fit
-        the search (another space, space arguments or input shape, or, with ``latency_serving``, another batch,
-        runtime or device) is refused, with or without a target.
-    latency_serving
-        Where the network will run, as a table records it: ``{"batch", "runtime", "device"}`` (``hmnas search``
-        passes this machine's). Without it the table's own are taken, and the log says which.
-    latency_target_ms, latency_weight
-        With a table: the masked network's expected latency is pushed under ``latency_target_ms`` by the term
-        ``latency_weight * max(0, expected / target - 1)`` during the masking phase.
+        its meaning), with a target the masked network's expected latency is pushed under it by
+        ``scale * max(0, expected / baseline - 1)`` during the masking phase, and ``list_models(limit=K)`` ranks
+        the family by predicted latency. Any other NNI
+        :class:`~nni.nas.oneshot.pytorch.profiler.ExpectationProfilerPenalty` (or the dict ``DARTS`` takes) is
+        applied as NNI's DARTS applies it, to the architecture loss with :meth:`export_probs` at every
+        architecture step (architecture and masking phases), its details logged as ``penalty/...``.
+    latency_table, latency_target_ms, latency_weight, latency_serving
+        Shorthand for ``penalty=LatencyPenalty(latency_table, baseline=latency_target_ms, scale=latency_weight,
+        serving=latency_serving)`` (what ``hmnas search --latency-table --latency-target --latency-weight``
+        passes); not together with ``penalty``.
     """
 
     def __init__(self, *, arc_learning_rate: float = DEFAULTS.arc_learning_rate,
@@ -88,9 +93,11 @@ class HMNAS(DARTS):
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
                  latency_table: Any = None, latency_target_ms: float | None = None,
                  latency_weight: float = DEFAULTS.latency_weight, latency_serving: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 penalty: ExpectationProfilerPenalty | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        _check_penalty(penalty)
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
-                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
+                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty,
+                         **kwargs)
         if not tau > 0:
             raise ValueError(f"tau (mask threshold) must be > 0, got {tau}")
         if not mask_init >= tau:
@@ -103,16 +110,7 @@ class HMNAS(DARTS):
                             ("settle_epochs", settle_epochs)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if latency_target_ms is not None and (latency_table is None or not latency_target_ms > 0):
-            raise ValueError(f"latency_target_ms={latency_target_ms!r} needs a latency_table and a value > 0 ms; "
-                             "measure a table with `hmnas latency`")
-        if not latency_weight >= 0:
-            raise ValueError(f"latency_weight must be >= 0, got {latency_weight!r}")
-        self.latency_table = latency_table
-        self.latency_serving = latency_serving
-        self.latency_target_ms = latency_target_ms
-        self.latency_weight = latency_weight
-        self.latency: LatencyModel | None = None
+        self.penalty = _penalty(self.penalty, latency_table, latency_target_ms, latency_weight, latency_serving)
         self.mask_learning_rate = mask_learning_rate
         self.arch_epochs = arch_epochs
         self.tau = tau
@@ -141,34 +139,33 @@ class HMNAS(DARTS):
         if not isinstance(model, ModelSpace):
             raise TypeError(f"HMNAS searches an NNI ModelSpace; got {type(model).__name__}")
         self._resolved_edge_level = self.resolve_edge_level(model)
-        hooks = self.extra_mutation_hooks + self.space_hooks(model) + self.default_mutation_hooks()
-        self._mutation_hooks_memo = {}
-        with frozen_context():  # as NNI's OneShotStrategy.mutate_model; DARTS's own one would make every alpha
-            _submodule_tree_map("", model, partial(self._execute_mutation_hooks, hooks=hooks))
-        self._mutation_hooks_memo = {}
+        OneShotStrategy.mutate_model(self, model)  # NNI's traversal; DARTS's own first makes an alpha per label
         self.hierarchy = Hierarchy.of(model)
         self.hierarchy.apply()
         self.hierarchy.watch(model)
-        if self.latency_table is not None:
-            self.latency = latency_model_for(model, self.hierarchy, self.latency_table, self.latency_target_ms,
-                                             self.latency_serving)
+        if isinstance(self.penalty, LatencyPenalty):
+            self.penalty.bind(model, self.hierarchy)
         return model
 
-    def space_hooks(self, model: nn.Module) -> list[Any]:
-        """The space's own mutation hooks (``extra_oneshot_hooks``) that serve HM-NAS, first as NNI orders them: a
-        user's hooks, and the mixed operations a space ships for any strategy (AutoFormer's class token and position
-        embedding), run under HM-NAS's value masks. NNI's other hooks are written for its DARTS supermodules (NASNet's
-        stages): they are left out, and what they would relax meets HM-NAS's own hooks."""
-        hooks = []
-        for hook in getattr(model, "extra_oneshot_hooks", lambda strategy: [])(self):
-            owner = getattr(hook, "__self__", None)
-            if isinstance(owner, type) and issubclass(owner, MixedOperation):
-                hooks.append(derivable(owner).mutate)
-            elif not getattr(hook, "__module__", "").startswith("nni."):
-                hooks.append(hook)
-        return hooks
+    def hmnas_hook(self, hook: Any) -> Any:
+        """``hook`` as HM-NAS runs it, or ``None`` to leave it out. NNI runs a user's hooks (``mutation_hooks``)
+        first, then the space's own (``extra_oneshot_hooks``), then HM-NAS's. A user's hooks and HM-NAS's run as
+        they are; of the space's, the mixed operations a space ships for any strategy (AutoFormer's class token and
+        position embedding) run under HM-NAS's value masks, and NNI's other hooks, written for its DARTS
+        supermodules (NASNet's stages), are left out: what they would relax meets HM-NAS's own hooks."""
+        if hook in self.extra_mutation_hooks:
+            return hook
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, type) and issubclass(owner, MixedOperation) and not issubclass(owner, DerivableOperation):
+            return derivable(owner).mutate
+        if getattr(hook, "__module__", "").startswith("nni."):
+            return None
+        return hook
 
     def run_hook(self, hook, name: str, module: nn.Module, memo: dict[str, Any]):
+        hook = self.hmnas_hook(hook)
+        if hook is None:
+            return None  # not this hook's module: NNI goes on to the next hook
         settings = {"edge_level": self._resolved_edge_level, "tau": self.tau, "mask_init": self.mask_init}
         return hook(module, name, memo, settings)
 
@@ -181,8 +178,7 @@ class HMNAS(DARTS):
             mask_learning_rate=self.mask_learning_rate, warmup_epochs=self.warmup_epochs,
             arch_epochs=self.arch_epochs, sparsity=self.sparsity, settle_epochs=self.settle_epochs,
             gradient_clip_val=self.gradient_clip_val,
-            log_prob_every_n_step=self.log_prob_every_n_step, latency=self.latency,
-            latency_target_ms=self.latency_target_ms, latency_weight=self.latency_weight,
+            log_prob_every_n_step=self.log_prob_every_n_step, penalty=self.penalty,
         )
 
     # -- export
@@ -209,9 +205,38 @@ class HMNAS(DARTS):
             model.status = ModelStatus.Frozen
             yield model
 
+    @property
+    def latency(self) -> LatencyModel | None:
+        """The latency model of a bound :class:`~hmnas_nni.nas.penalty.LatencyPenalty` (``None`` without one)."""
+        return self.penalty.model if isinstance(self.penalty, LatencyPenalty) else None
+
     def latency_table_input_shape(self) -> list[int] | None:
         """The input shape (C, H, W) of the latency table, if there is one."""
-        return None if self.latency is None else list(self.latency.input_shape)
+        return self.penalty.input_shape if isinstance(self.penalty, LatencyPenalty) else None
+
+
+def _check_penalty(penalty: Any) -> None:
+    """Refuse, in one line, a penalty HMNAS cannot apply (NNI's DARTS would fail an assert mid-search)."""
+    if penalty is not None and not isinstance(penalty, (ExpectationProfilerPenalty, dict)):
+        raise TypeError(f"HMNAS penalty of type {type(penalty).__name__} is not supported; pass a LatencyPenalty "
+                        "(hmnas_nni.nas.penalty) or an NNI ExpectationProfilerPenalty (or the dict DARTS takes)")
+
+
+def _penalty(penalty: ExpectationProfilerPenalty | None, table: Any, target_ms: float | None, weight: float,
+             serving: dict[str, Any] | None) -> ExpectationProfilerPenalty | None:
+    """``penalty``, or the :class:`LatencyPenalty` the ``latency_*`` shorthand stands for."""
+    if target_ms is not None and table is None:
+        raise ValueError(f"latency_target_ms={target_ms!r} needs a latency_table (or penalty=LatencyPenalty(table, "
+                         "baseline=...)); measure a table with hmnas_nni.export.latency.table_for_space "
+                         "(`hmnas latency`)")
+    if not weight >= 0:
+        raise ValueError(f"latency_weight must be >= 0, got {weight!r}")
+    if table is None:
+        return penalty
+    if penalty is not None:
+        raise ValueError("pass the latency table either as penalty=LatencyPenalty(table, ...) or as latency_table=, "
+                         "not both")
+    return LatencyPenalty(table, target_ms, weight, serving=serving)
 
 
 def _outside_cells(model: nn.Module) -> Iterator[nn.Module]:
