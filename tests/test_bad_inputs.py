@@ -360,8 +360,8 @@ CASES = [
     # -- output folders, numeric ranges and resources (each checked before the work starts)
     Case("out-holds-a-finished-run", search(), "already holds another run's results (arch.json, cells.png, "
          "checkpoints, config.json, metrics.json, model.onnx, model.safetensors, parity.json, supernet.safetensors); "
-         "pass a new --out folder, or --force to replace those results as a whole"),
-    Case("out-empty", search("--out", ""), "--out is empty; pass the folder the results go to"),
+         "pass a new folder as out (--out), or force=True (--force) to replace those results as a whole"),
+    Case("out-empty", search("--out", ""), "out (--out) is empty; pass the folder the results go to"),
     Case("sparsity-infinite", search("--sparsity", "inf"), "sparsity must be a finite number >= 0, got inf"),
     Case("seed-negative", search("--seed", "-1"), "seed must be an integer in 0 .. 2**32-1, got -1"),
     Case("subset-larger-than-data", search("--subset", "100000", "--force"),

@@ -102,7 +102,8 @@ class Architecture:
             raise ArchitectureError(f"{where}: unknown format {fmt!r}; this version reads {list(READABLE)}")
         for key in ("space", "ops"):
             if key not in doc:
-                raise ArchitectureError(f"{where}: missing field {key!r}; export the architecture with `hmnas search`")
+                raise ArchitectureError(f"{where}: missing field {key!r}; export the architecture with "
+                                        "hmnas_nni.search.run.run_search (`hmnas search`)")
         if not isinstance(doc["space"], str) or not doc["space"]:
             raise ArchitectureError(f"{where}: field 'space' must be a non-empty string, got {doc['space']!r}")
         space_args = doc.get("space_args", {})
@@ -126,7 +127,8 @@ class Architecture:
         path = Path(path)
         if not path.is_file():
             raise ArchitectureError(
-                f"architecture file {path} does not exist; pass the arch.json written by `hmnas search`"
+                f"architecture file {path} does not exist; pass the arch.json written by "
+                "hmnas_nni.search.run.run_search (`hmnas search`)"
             )
         try:
             doc = json.loads(path.read_text())

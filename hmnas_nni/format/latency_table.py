@@ -34,7 +34,9 @@ SERVING = ("batch", "runtime", "device")
 #: The fields every table has.
 REQUIRED = ("space", "space_args", "input_shape", "batch", "runtime", "device", "costs", "base_ms", "full_ms")
 #: Advice at the end of every error about a table's contents.
-REMEASURE = "measure the table again with `hmnas latency`"
+#: What measures a table: the Python function, then the command.
+MEASURE = "hmnas_nni.export.latency.table_for_space (`hmnas latency`)"
+REMEASURE = f"measure the table again with {MEASURE}"
 
 
 class LatencyTableError(ValueError):
@@ -106,7 +108,7 @@ class LatencyTable:
         ``runtime``, ``device``), refuse one that was measured for anything else."""
         path = Path(path)
         if not path.is_file():
-            raise LatencyTableError(f"latency table {path} does not exist; measure it with `hmnas latency`")
+            raise LatencyTableError(f"latency table {path} does not exist; measure it with {MEASURE}")
         try:
             doc = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -125,9 +127,9 @@ class LatencyTable:
             raise TypeError(f"a latency table is checked on every field of {list(MATCHED)}; {missing} not given")
         problem = self.mismatch(**expected)
         if problem:
-            raise LatencyTableError(f"{where} {problem}; measure a table for this search with `hmnas latency` (the "
-                                    "same space, space arguments and dataset, --batch, --device and --threads) or "
-                                    "pass one that fits")
+            raise LatencyTableError(f"{where} {problem}; measure a table for this search with "
+                                    f"{MEASURE} (the same space, space_args and input shape, batch (--batch), "
+                                    "runtime=Runtime(provider, threads) (--device, --threads)) or pass one that fits")
 
     def mismatch(self, **expected: Any) -> str | None:
         """The first field that differs from ``expected`` (``None`` if all match), as a phrase for an error."""

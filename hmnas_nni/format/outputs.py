@@ -54,10 +54,10 @@ class OutputBusy(UsageError):
 def check_out_path(out: str | os.PathLike | None) -> Path:
     """``out`` as a folder path, refusing the empty path and an existing file."""
     if out is None or not str(out).strip():
-        raise UsageError("--out is empty; pass the folder the results go to (it is created if missing)")
+        raise UsageError("out (--out) is empty; pass the folder the results go to (it is created if missing)")
     path = Path(out)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} is a file, not a folder; pass a folder path for the results")
+        raise UsageError(f"out (--out) {path} is a file, not a folder; pass a folder path for the results")
     return path
 
 
@@ -185,14 +185,15 @@ class OutputFolder:
             self._unlock()
             shown = ", ".join(n for n in self.previous if n != MANIFEST)
             raise OutputExists(
-                f"{self.path} already holds another run's results ({shown}); pass a new --out folder, or "
-                "--force to replace those results as a whole (a stopped search continues with --resume)")
+                f"{self.path} already holds another run's results ({shown}); pass a new folder as out (--out), or "
+                "force=True (--force) to replace those results as a whole (a stopped search continues with "
+                "resume=True (--resume))")
         foreign = [n for n in self.previous if n != MANIFEST and n not in owned_names(self.path)]
         if foreign:
             self._unlock()
             raise OutputExists(
                 f"{self.path} holds {', '.join(foreign)}, which no hmnas command wrote there ({MANIFEST} does not list "
-                "them); nothing was removed: pass a new --out folder, or move them away yourself")
+                "them); nothing was removed: pass a new folder as out (--out), or move them away yourself")
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
@@ -225,7 +226,7 @@ class OutputFolder:
         except BlockingIOError:
             holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
             raise OutputBusy(f"{self.path} is being written by another run ({holder}); wait for it to end or pass "
-                             "another --out") from None
+                             "another folder as out (--out)") from None
 
     def _lock(self) -> None:
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
@@ -266,7 +267,7 @@ class OutputFolder:
                    or ((self.path / n).exists() and _holds_something(self.path / n))]
         if foreign:
             raise OutputExists(f"{self.path} holds {', '.join(foreign)}, which no hmnas command wrote there; "
-                               "nothing was overwritten: pass a new --out folder, or move them away yourself")
+                               "nothing was overwritten: pass a new folder as out (--out), or move them away yourself")
         if new:
             self._owned.update(new)
             self._record("running")

@@ -27,8 +27,9 @@ def check_weights(tensors: Mapping[str, Any], path: str | os.PathLike, error: ty
             continue
         if not t.is_floating_point():
             raise error(f"weights file {path}: tensor {name} is {t.dtype}, not floating point; it is not a network's "
-                        "weights file: pass the model.safetensors that `hmnas retrain` wrote")
+                        "weights file: pass the model.safetensors that hmnas_nni.export.retrain.retrain "
+                        "(`hmnas retrain`) wrote")
         bad = int((~torch.isfinite(t)).sum())
         if bad:
             raise error(f"weights file {path}: tensor {name} holds {bad} non-finite value(s) (NaN or inf); the "
-                        "training that wrote it diverged: retrain with a lower --lr")
+                        "training that wrote it diverged: retrain with a lower lr (--lr)")

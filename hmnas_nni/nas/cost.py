@@ -301,6 +301,7 @@ def _check_first_batch(supernet: nn.Module, table: Any, where: str, error: type[
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if x is not None and list(x.shape[1:]) != list(table.input_shape):
             raise error(f"{where} was measured for input_shape {list(table.input_shape)}, but the space is searched "
-                        f"on inputs of shape {list(x.shape[1:])}; measure a table at that shape with `hmnas latency`")
+                        f"on inputs of shape {list(x.shape[1:])}; measure a table at that shape (input_shape) with "
+                        "hmnas_nni.export.latency.table_for_space (`hmnas latency`)")
 
     handle = supernet.register_forward_pre_hook(check)

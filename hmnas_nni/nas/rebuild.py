@@ -59,7 +59,7 @@ def _check_keeps_a_path(net: nn.Module, arch: Architecture) -> None:
     if isinstance(out, torch.Tensor) and torch.equal(out[0], out[1]):
         raise ArchitectureError(f"architecture for space {arch.space!r} removes every path from the input to the "
                                 "output (its network gives the same output for every input); a cell must keep a "
-                                "path: keep at least one op on an edge of each path, as `hmnas search` does")
+                                "path: keep at least one op on an edge of each path, as HMNAS (`hmnas search`) does")
 
 
 def input_shape_of(arch: Architecture) -> list[int] | None:
@@ -78,7 +78,8 @@ def _record_edge_shapes(supernet: nn.Module, arch: Architecture) -> None:
     if shape is None:
         if any(not entries for entries in arch.ops.values()):
             raise ArchitectureError("architecture removes edges but records no input_shape, so their output shape "
-                                    "is unknown; write it with `hmnas search` (which records the input shape)")
+                                    "is unknown; write it with hmnas_nni.search.run.run_search (`hmnas search`), "
+                                    "which records the input shape")
         return
     supernet.eval()
     with torch.no_grad():
