@@ -25,6 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
+from hmnas_nni.nas.rebuild import network_from_architecture
 
 from .archs import ARCH_DIR, DEFAULT_ARCH, shipped_architectures
 from .stages import body_layout, measure_levels, run_steps
@@ -112,8 +113,6 @@ def arch_pretrained_cfg(arch: ArchLike, architecture: str = "hmnas", **overrides
 def build_body(arch: Architecture, space_args: Mapping[str, Any]) -> nn.Module:
     """The derived network of ``arch`` (stem, cells/blocks, lastact/conv_head, classifier), freshly initialised and
     built with ``space_args`` (e.g. other in_channels): every body is built here."""
-    from hmnas_nni.nas.rebuild import network_from_architecture
-
     doc = arch.to_dict() | {"space_args": dict(space_args)}
     if arch.input_shape is not None and "in_channels" in space_args:
         doc["input_shape"] = [space_args["in_channels"], *arch.input_shape[1:]]

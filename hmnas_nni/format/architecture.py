@@ -71,6 +71,9 @@ class Architecture:
     cells: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     input_shape: list[int] | None = None
+    #: Removed op choice label -> [input shape, output shape] of its edge (no batch dimension), so a network is
+    #: built with the edge's zeros without running the supernet.
+    edge_shapes: dict[str, list[list[int]]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +87,8 @@ class Architecture:
             doc["cells"] = self.cells
         if self.values:
             doc["values"] = self.values
+        if self.edge_shapes:
+            doc["edge_shapes"] = self.edge_shapes
         return doc
 
     def to_json(self) -> str:
@@ -120,6 +125,7 @@ class Architecture:
             cells=_cells(doc.get("cells", {}), where),
             values={str(k): v for k, v in values.items()},
             input_shape=_shape(doc.get("input_shape"), where),
+            edge_shapes=_edge_shapes(doc.get("edge_shapes", {}), where),
         )
 
     @classmethod
@@ -182,6 +188,11 @@ class Architecture:
             if value not in spec.candidates:
                 raise ArchitectureError(f"{where}: value choice {label!r} = {value!r} is not one of its candidates "
                                         f"{list(spec.candidates)}")
+        for label in self.edge_shapes:
+            _spec(catalogue, label, "op", where)
+            if self.ops.get(label):
+                raise ArchitectureError(f"{where}: edge_shapes names {label!r}, whose edge keeps ops; only a removed "
+                                        "edge (an empty op list) has a recorded shape")
         decided = {"op": self.ops, "input": self.inputs, "cell": self.cells, "value": self.values}
         missing = [label for label, spec in catalogue.items() if label not in decided[spec.kind]]
         if missing:
@@ -216,6 +227,22 @@ def _shape(raw: Any, where: str) -> list[int] | None:
                                                         for d in raw):
         raise ArchitectureError(f"{where}: 'input_shape' must be a list of positive integers (C, H, W), got {raw!r}")
     return list(raw)
+
+
+def _edge_shapes(raw: Any, where: str) -> dict[str, list[list[int]]]:
+    """``{label: [input shape, output shape]}`` of removed edges, each shape a list of positive integers."""
+    if not isinstance(raw, dict):
+        raise ArchitectureError(f"{where}: field 'edge_shapes' must be an object of label -> [input shape, output "
+                                f"shape], got {type(raw).__name__}")
+    out = {}
+    for label, pair in raw.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(s, list) and s and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s)
+                and len(s) == len(pair[0]) for s in pair)):
+            raise ArchitectureError(f"{where}: edge_shapes[{label!r}] must be [input shape, output shape], two lists "
+                                    f"of positive integers of one length (C, H, W), got {pair!r}")
+        out[str(label)] = [list(pair[0]), list(pair[1])]
+    return out
 
 
 def _weight(w: Any, what: str) -> float:

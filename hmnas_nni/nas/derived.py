@@ -7,6 +7,7 @@ and no architecture parameter inside.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any, Union
 
 import torch
@@ -48,6 +49,13 @@ class RemovedEdge(nn.Module):
         self.channels: int = -1 if out_shape[1] == in_shape[1] else int(out_shape[1])
         self.size_in: list[int] = [int(d) for d in in_shape[2:]]
         self.size_out: list[int] = [int(d) for d in out_shape[2:]]
+
+    @staticmethod
+    def rule(in_shape: list[int], out_shape: list[int]) -> tuple[int, tuple[Fraction, ...]]:
+        """What a removed edge computes from its input's shape: fixed channels (-1: the input's) and each size's ratio;
+        edges with one rule give zeros of one shape for every input."""
+        channels = -1 if out_shape[1] == in_shape[1] else int(out_shape[1])
+        return channels, tuple(Fraction(int(o), int(i)) for i, o in zip(in_shape[2:], out_shape[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [x.shape[0], x.shape[1] if self.channels < 0 else self.channels]

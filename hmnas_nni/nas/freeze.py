@@ -74,7 +74,7 @@ def _shape(input_shape: Sequence[int] | None) -> list[int] | None:
 def _record_removed_edge_shapes(supernet: nn.Module, arch: Architecture) -> None:
     """Run the supernet once on zeros (batch 1, eval mode, its mode restored) when an edge the sample removes has
     not run yet, so its zeros know their shape."""
-    unknown = [m.label for m in supernet.modules() if isinstance(m, HMNASMixedLayer) and not m._shapes
+    unknown = [m.label for m in supernet.modules() if isinstance(m, HMNASMixedLayer) and m.edge_shape() is None
                and m.label in arch.ops and not arch.ops[m.label]]
     if not unknown:
         return

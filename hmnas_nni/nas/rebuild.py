@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -11,8 +12,9 @@ from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from hmnas_nni.spaces.catalogue import catalogue
 from hmnas_nni.spaces.registry import SPACES, build_space, fit_input
 
+from .build import NotBuildable, build_network
 from .derive import derive_network, load_network_weights
-from .strategy import HMNAS
+from .samples import removed_edge_shapes
 from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
 
 
@@ -25,6 +27,8 @@ def space_of(arch: Architecture) -> nn.Module:
 
 def supernet_of(arch: Architecture) -> nn.Module:
     """A fresh HM-NAS supernet of the space ``arch`` was searched on, checked against the architecture."""
+    from .strategy import HMNAS  # the search strategy is loaded only where a supernet is made
+
     space = space_of(arch)
     arch.validate(catalogue(space))
     HMNAS().mutate_model(space)
@@ -34,15 +38,39 @@ def supernet_of(arch: Architecture) -> nn.Module:
 def network_from_architecture(arch: Architecture, weights: Mapping[str, torch.Tensor] | None = None,
                               where: str = "supernet weights") -> nn.Module:
     """The network ``arch`` describes; with ``weights`` (the state dict of any one-shot supernet of that space:
-    HM-NAS's or an NNI strategy's) it inherits them, else it is freshly initialised."""
-    supernet = supernet_of(arch)
-    if weights is not None:
-        load_network_weights(supernet, weights, where)
-    _record_edge_shapes(supernet, arch)
-    net = derive_network(supernet, arch, keep_supernet=False)  # the supernet was built for this network alone
+    HM-NAS's or an NNI strategy's) it inherits them, else it is freshly initialised.
+
+    Without weights it is built from the document and the space alone (:func:`~.build.build_network`); weights are
+    mapped through an HM-NAS supernet of the space, cut up in place, as is a space the builder does not know."""
+    net = built_network(arch) if weights is None else None
+    if net is None:
+        supernet = supernet_of(arch)
+        if weights is not None:
+            load_network_weights(supernet, weights, where)
+        _record_edge_shapes(supernet, arch)
+        net = derive_network(supernet, arch, keep_supernet=False)  # the supernet was built for this network alone
     _check_keeps_a_path(net, arch)
     net.train()
     return net
+
+
+def built_network(arch: Architecture) -> nn.Module | None:
+    """The network of ``arch`` built from its space's modules with no supernet, or ``None`` where the space holds
+    what only a supernet derives (a space's own mixed operations) or the document lacks a removed edge's shape."""
+    space = space_of(arch)
+    arch.validate(catalogue(space))
+    try:
+        return build_network(space, arch)
+    except NotBuildable:
+        return None
+
+
+def with_edge_shapes(arch: Architecture) -> Architecture:
+    """``arch`` with the shapes of its removed edges recorded (documents written before they were), read from one
+    pass of its supernet, so its network is then built without one."""
+    supernet = supernet_of(arch)
+    _record_edge_shapes(supernet, arch)
+    return replace(arch, edge_shapes=removed_edge_shapes(supernet, arch.ops))
 
 
 def _check_keeps_a_path(net: nn.Module, arch: Architecture) -> None:

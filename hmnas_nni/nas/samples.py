@@ -11,6 +11,9 @@ from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.spaces.catalogue import catalogue
 from hmnas_nni.spaces.registry import space_identity
 
+from .derived import RemovedEdge
+from .supermodules import HMNASMixedLayer
+
 #: Strategies whose export is HM-NAS's multi-level form (kept ops and inputs with weights).
 MULTI_LEVEL = ("hmnas", "nasib")
 
@@ -25,8 +28,23 @@ def architecture_from_export(sample: dict[str, Any], supernet: nn.Module, strate
             raise ValueError(f"HMNAS exported label {label!r}, which the space's catalogue does not list")
         parts[cat[label].kind][label] = value
     name, args = space_identity(supernet)
-    arch = Architecture(name, args, parts["op"], parts["input"], strategy, parts["cell"], parts["value"], input_shape)
+    arch = Architecture(name, args, parts["op"], parts["input"], strategy, parts["cell"], parts["value"], input_shape,
+                        removed_edge_shapes(supernet, parts["op"]))
     return Architecture.from_dict(arch.to_dict()).validate(cat)  # through the parser: the same checks as a file
+
+
+def removed_edge_shapes(supernet: nn.Module, ops: dict[str, Any]) -> dict[str, list[list[int]]]:
+    """``[input shape, output shape]`` of every removed edge whose modules (all that share its label) ran and give
+    zeros by one rule, so its network is built without a forward pass; other labels are left out."""
+    pairs: dict[str, list[tuple[list[int], list[int]] | None]] = {}
+    for m in supernet.modules():
+        if isinstance(m, HMNASMixedLayer) and ops.get(m.label) == []:
+            pairs.setdefault(m.label, []).append(m.edge_shape())
+    out = {}
+    for label, shapes in pairs.items():
+        if all(s is not None for s in shapes) and len({RemovedEdge.rule([1, *i], [1, *o]) for i, o in shapes}) == 1:
+            out[label] = [shapes[0][0], shapes[0][1]]
+    return out
 
 
 def export_sample(supernet: nn.Module) -> dict[str, Any]:

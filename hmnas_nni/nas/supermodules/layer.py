@@ -114,6 +114,13 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
         self._shapes[tuple(x.shape)] = tuple(out.shape)
         return out
 
+    def edge_shape(self) -> tuple[list[int], list[int]] | None:
+        """The edge's first recorded input and output shapes (without the batch), or ``None`` before any pass."""
+        if not self._shapes:
+            return None
+        in_shape, out_shape = next(iter(self._shapes.items()))
+        return list(in_shape[1:]), list(out_shape[1:])
+
     def _output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         """Shape a removed edge must still produce (zeros), learned from an earlier live pass."""
         shape = self._shapes.get(tuple(x.shape))
@@ -130,8 +137,8 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
         if kept:
             names = [n for n in self.names if n in kept]  # in the supernet's order, as it sums them
             return KeptOps({str(n): self[n] for n in names}, [kept[n] for n in names])
-        if not self._shapes:
+        shapes = self.edge_shape()
+        if shapes is None:
             raise RuntimeError(f"edge {self.label!r} is removed but the supernet never ran it, so its output shape "
                                "is unknown; run the supernet once on an input before deriving")
-        in_shape, out_shape = next(iter(self._shapes.items()))
-        return RemovedEdge(list(in_shape), list(out_shape))
+        return RemovedEdge([1, *shapes[0]], [1, *shapes[1]])
