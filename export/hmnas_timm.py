@@ -28,7 +28,7 @@ from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from hmnas_nni.nas.rebuild import network_from_architecture
 
 from .archs import ARCH_DIR, DEFAULT_ARCH, shipped_architectures
-from .stages import body_layout, measure_levels, run_steps
+from .stages import body_layout, measure_levels, recorded_levels, run_steps
 from .weights import (
     WEIGHTS_FORMAT,
     WeightsError,
@@ -155,7 +155,8 @@ class HmnasNet(nn.Module):
         body.classifier = nn.Identity()
         self.body = body
         cfg = arch_pretrained_cfg(self.arch.to_dict() | extras, num_classes=self.num_classes)
-        levels = measure_levels(body, self._layout, (self.in_chans, *cfg["input_size"][1:]))
+        shape = (self.in_chans, *cfg["input_size"][1:])
+        levels = recorded_levels(body, self._layout, shape) or measure_levels(body, self._layout, shape)
         self.feature_info = levels.info
         self._level_steps = levels.steps
         self._levels_kept = len(levels.steps)
@@ -163,6 +164,7 @@ class HmnasNet(nn.Module):
         if isinstance(old_fc, nn.Linear) and isinstance(self.classifier, nn.Linear) \
                 and old_fc.weight.shape == self.classifier.weight.shape:
             self.classifier = old_fc  # keep inherited head weights (e.g. from a supernet)
+        self.pool_size = levels.final_size
         self.pretrained_cfg = cfg | {"pool_size": levels.final_size}
         self.default_cfg = self.pretrained_cfg
 
@@ -349,7 +351,7 @@ def create_hmnas(arch: ArchLike | None = None, pretrained: bool = False, variant
         feature_cfg=feature_cfg, **kwargs,
     )
     if isinstance(model, HmnasNet):
-        model.pretrained_cfg["pool_size"] = model.feature_map_size()  # timm's builder sets the cfg after __init__
+        model.pretrained_cfg["pool_size"] = model.pool_size  # timm's builder sets the cfg after __init__
     return model
 
 

@@ -3,13 +3,14 @@
 A body (the project's ``ClassifierNet``) holds ``stem``, then ``cells`` (``nn.ModuleList``) or ``blocks``
 (``nn.Sequential``), then optionally ``lastact`` or ``conv_head``. A step whose ``forward`` takes two
 tensors gets the outputs of the two steps before it (DARTS cells; the stem's output counts for both at
-the start). Feature levels are found by a dry forward, not from a table: the stem, then the last step
-at each resolution.
+the start). Feature levels are the stem, then the last step at each resolution: recorded by the body as it was
+built (the project's spaces), else found by a dry forward.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 from timm.models import checkpoint
 
-__all__ = ["Step", "BodyLayout", "FeatureLevels", "body_layout", "run_steps", "measure_levels"]
+__all__ = ["Step", "BodyLayout", "FeatureLevels", "body_layout", "run_steps", "recorded_levels", "measure_levels"]
 
 SEQUENCE_NAMES = ("cells", "blocks")
 TAIL_NAMES = ("lastact", "conv_head")
@@ -93,6 +94,21 @@ def _level_steps(sizes: Sequence[tuple[int, int]], steps: Sequence[Step]) -> lis
     cells = [i for i, s in enumerate(steps) if s.kind == "cell"]
     ends = [i for k, i in enumerate(cells) if k == len(cells) - 1 or sizes[cells[k + 1]] != sizes[i]]
     return [0, *ends]
+
+
+def recorded_levels(body: nn.Module, layout: BodyLayout, input_shape: tuple[int, int, int]) -> FeatureLevels | None:
+    """The levels ``body`` recorded while it was built (the project's spaces do, as timm's builders do), placed on
+    ``layout``'s steps, with the final size at ``input_shape`` (C, H, W); ``None`` for a body that recorded none."""
+    info = getattr(body, "feature_info", None)
+    index = {s.name: i for i, s in enumerate(layout.steps)}
+    if not info or any(e["module"] not in index for e in info):
+        return None
+    levels = [dict(e, module=f"body.{e['module']}") for e in info]
+    if layout.tail is None:
+        levels[-1].pop("num_chs_norm", None)
+    r = int(levels[-1]["reduction"])
+    final = (math.ceil(input_shape[-2] / r), math.ceil(input_shape[-1] / r))
+    return FeatureLevels(levels, [index[e["module"]] for e in info], final)
 
 
 def measure_levels(body: nn.Module, layout: BodyLayout, input_shape: tuple[int, int, int]) -> FeatureLevels:

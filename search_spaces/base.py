@@ -16,8 +16,22 @@ from .catalogue import catalogue
 class ClassifierNet(nn.Module):
     """timm-shaped body: ``forward_features`` -> unpooled features, ``forward_head`` -> logits.
 
-    Subclasses set ``num_classes``, ``num_features``, ``global_pool`` and ``classifier``.
+    Subclasses set ``num_classes``, ``num_features``, ``global_pool`` and ``classifier``, and record their feature
+    levels as they build (:meth:`record_levels`), as timm's builders do.
     """
+
+    #: timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` (a path in this network) of the stem and of
+    #: the last step at each resolution; the last level also has ``num_chs_norm``, its channels after the final layers.
+    feature_info: list[dict[str, Any]]
+
+    def record_levels(self, steps: list[tuple[str, int, int]], tail_channels: int | None = None) -> None:
+        """Record the feature levels from the steps as built: (module path, output channels, reduction so far) for
+        the stem and each cell or block in order, and the channels after the final layers where there are some."""
+        last = len(steps) - 1
+        kept = [steps[0], *(s for k, s in enumerate(steps[1:], 1) if k == last or steps[k + 1][2] != s[2])]
+        self.feature_info = [{"num_chs": c, "reduction": r, "module": name} for name, c, r in kept]
+        if tail_channels is not None:
+            self.feature_info[-1]["num_chs_norm"] = tail_channels
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -71,13 +71,17 @@ class DartsNet(ClassifierNet):
         c_pp, c_p, c = c_stem, c_stem, channels
         reduction_prev = False
         self.cells = nn.ModuleList()
+        steps, scale = [("stem", c_stem, 1)], 1
         for i in range(num_cells):
             reduction = num_cells >= 3 and i in (num_cells // 3, 2 * num_cells // 3)
             if reduction:
                 c *= 2
+                scale *= 2
             self.cells.append(DartsCell(c_pp, c_p, c, reduction, reduction_prev))
             reduction_prev = reduction
             c_pp, c_p = c_p, NUM_NODES * c
+            steps.append((f"cells.{i}", c_p, scale))
+        self.record_levels(steps)
         self.num_features = c_p
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)

@@ -25,13 +25,17 @@ class MobileNet(ClassifierNet):
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(channels), nn.ReLU6(inplace=False))
         blocks = []
+        steps, scale = [("stem", channels, 1)], 1
         c_prev = channels
         for i, (mult, stride) in enumerate(STAGES):
             c = channels * mult
             blocks.append(LayerChoice(ops(c_prev, c, stride), label=f"block_{i}"))
+            scale *= stride
+            steps.append((f"blocks.{i}", c, scale))
             c_prev = c
         self.blocks = nn.Sequential(*blocks)
         self.num_features = 4 * c_prev
+        self.record_levels(steps, self.num_features)
         self.conv_head = nn.Sequential(nn.Conv2d(c_prev, self.num_features, 1, bias=False),
                                        nn.BatchNorm2d(self.num_features), nn.ReLU6(inplace=False))
         self.global_pool = nn.AdaptiveAvgPool2d(1)

@@ -56,15 +56,21 @@ class NasBench201Net(ClassifierNet):
         self.num_classes = num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
         layers: list[nn.Module] = []
+        scales: list[int] = []
         c_prev = channels
         for stage in range(3):
             c = channels * 2**stage
             if stage > 0:
                 layers.append(ResNetBasicBlock(c_prev, c))
+                scales.append(2**stage)
             layers.extend(NasBench201SearchCell(c, ops) for _ in range(cells_per_stage))
+            scales.extend([2**stage] * cells_per_stage)
             c_prev = c
         self.cells = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=False))
+        widths = [channels * s for s in scales]  # each stage doubles the channels as it halves the size
+        self.record_levels([("stem", channels, 1), *((f"cells.{i}", w, s) for i, (w, s) in
+                                                       enumerate(zip(widths, scales)))], c_prev)
         self.num_features = c_prev
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_classes)

@@ -14,7 +14,9 @@ import torch.nn as nn
 import hmnas_nni.export  # noqa: F401  (registers the hmnas timm models)
 from hmnas_nni import HMNAS
 from hmnas_nni.experiments.nni_spaces import SPACES
+from hmnas_nni.export import hmnas_timm
 from hmnas_nni.export.archs import shipped_architectures
+from hmnas_nni.export.stages import measure_levels
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
 from hmnas_nni.nas import rebuild
 from hmnas_nni.nas.build import NotBuildable, build_network
@@ -142,3 +144,16 @@ def test_a_shape_for_a_kept_edge_is_refused():
     doc["edge_shapes"]["cell/0_1"] = [[8, 8, 8], [8, 8, 8]]
     with pytest.raises(ArchitectureError, match="keeps ops; only a removed edge"):
         rebuild.network_from_architecture(Architecture.from_dict(doc))
+
+
+@pytest.mark.parametrize("path", shipped_architectures(), ids=lambda p: p.stem)
+def test_feature_levels_are_recorded_while_building_and_match_a_dry_forward(path, monkeypatch):
+    measured = []
+    monkeypatch.setattr(hmnas_timm, "measure_levels", lambda *a: measured.append(1) or measure_levels(*a))
+    model = timm.create_model(f"hmnas_{path.stem}")
+    assert not measured
+    shape = tuple(model.pretrained_cfg["input_size"])
+    levels = measure_levels(model.body, model._layout, shape)
+    assert model.feature_info == levels.info
+    assert model._level_steps == levels.steps
+    assert tuple(model.pretrained_cfg["pool_size"]) == levels.final_size == model.feature_map_size()

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from hmnas_nni.format.architecture import Architecture, ArchitectureError
+from hmnas_nni.spaces.base import ProjectSpace
 from hmnas_nni.spaces.catalogue import catalogue
 from hmnas_nni.spaces.registry import SPACES, build_space, fit_input
 
@@ -22,7 +23,9 @@ def space_of(arch: Architecture) -> nn.Module:
     """The model space ``arch`` was searched on, adapted to its input shape as the search adapted it."""
     space = build_space(arch.space, document="the architecture", **arch.space_args)
     shape = input_shape_of(arch)
-    return fit_input(space, tuple(shape)) if shape is not None else space
+    if shape is None or (isinstance(space, ProjectSpace) and space.space_args.get("in_channels") == shape[0]):
+        return space  # a project space takes the channels it was built for: no trial forward needed
+    return fit_input(space, tuple(shape))
 
 
 def supernet_of(arch: Architecture) -> nn.Module:
