@@ -17,12 +17,11 @@ class ClassifierNet(nn.Module):
     """timm-shaped body: ``forward_features`` -> unpooled features, ``forward_head`` -> logits.
 
     Subclasses set ``num_classes``, ``num_features``, ``global_pool`` and ``classifier``, and record their feature
-    levels as they build (:meth:`record_levels`), as timm's builders do.
+    levels as they build (:meth:`record_levels`), as timm's builders do: ``feature_info`` lists ``num_chs``,
+    ``reduction`` and ``module`` (a path in this network) of the stem and of the last step at each resolution, the
+    last level with ``num_chs_norm``, its channels after the final layers. (No class annotation: TorchScript would
+    read it as the attribute's type.)
     """
-
-    #: timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` (a path in this network) of the stem and of
-    #: the last step at each resolution; the last level also has ``num_chs_norm``, its channels after the final layers.
-    feature_info: list[dict[str, Any]]
 
     def record_levels(self, steps: list[tuple[str, int, int]], tail_channels: int | None = None) -> None:
         """Record the feature levels from the steps as built: (module path, output channels, reduction so far) for
