@@ -19,6 +19,7 @@ from hmnas_nni import HMNAS
 from hmnas_nni.format.errors import UsageError
 from hmnas_nni.nas.freeze import freeze
 from hmnas_nni.search.data import load_dataset, search_splits
+from hmnas_nni.spaces.catalogue import catalogue
 
 warnings.filterwarnings("ignore")
 
@@ -91,3 +92,13 @@ def test_bad_calls_are_one_line_usage_errors(searched):
     with pytest.raises(UsageError, match="another one-shot strategy's supernet") as err:
         freeze(darts_supernet, sample)
     assert "\n" not in str(err.value)
+
+
+def test_a_fresh_space_whose_sample_removes_no_edge_is_built_without_a_supernet(searched, monkeypatch):
+    _, sample, _, x = searched
+    cat = catalogue(hub_nb201())
+    kept = {label: entries or [{"op": cat[label].candidates[1], "weight": 1.0}] for label, entries in sample.items()}
+    monkeypatch.setattr(HMNAS, "mutate_model", lambda self, model: pytest.fail("a supernet was made"))
+    frozen = freeze(hub_nb201(), kept)
+    assert not any(isinstance(m, MutableModule) and m.mutables for m in frozen.modules())
+    assert _outputs(frozen, x=x)[0].shape == (8, 10)

@@ -23,6 +23,7 @@ from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.errors import UsageError
 
+from .build import NotBuildable, build_network
 from .derive import derive_network
 from .samples import architecture_from_export
 from .strategy import HMNAS
@@ -32,20 +33,32 @@ from .supermodules import HMNASMixedLayer
 def freeze(space: nn.Module, sample: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> nn.Module:
     """The network HM-NAS's ``sample`` describes in ``space``, with ``space``'s weights: cut out of ``space`` itself
     when it is the supernet an HM-NAS search trained (NNI's one-shot strategies turn the space they are given into
-    their supernet), else out of an HM-NAS supernet of a copy of ``space``. ``input_shape`` (C, H, W) is needed when
-    the sample removes an edge of a fresh space: the zeros that stand for it take the edge's output shape."""
+    their supernet); for a fresh space, built from a copy of its modules, or, where that needs a supernet (a
+    removed edge, whose zeros need its shape; a space's own mixed operations), cut out of an HM-NAS supernet of a
+    copy. ``input_shape`` (C, H, W) is needed when the sample removes an edge of a fresh space: the zeros that
+    stand for it take the edge's output shape."""
     if not isinstance(sample, Mapping):
         raise UsageError(f"freeze takes HM-NAS's sample, a dict {{label: kept entries}}; got {type(sample).__name__}")
     shape = _shape(input_shape)
+    if not any(isinstance(m, BaseSuperNetModule) for m in space.modules()):
+        try:  # a fresh space: built from its own modules with no supernet, where the builder knows every choice
+            return build_network(copy.deepcopy(space), _document(sample, space, shape))
+        except NotBuildable:
+            pass
     supernet = _hmnas_supernet(space)
+    arch = _document(sample, supernet, shape)
+    _record_removed_edge_shapes(supernet, arch)
+    return derive_network(supernet, arch)
+
+
+def _document(sample: Mapping[str, Any], space: nn.Module, shape: list[int] | None) -> Architecture:
+    """HM-NAS's sample as a document checked against ``space`` (a fresh space or its HM-NAS supernet)."""
     try:
-        arch = architecture_from_export(dict(sample), supernet, input_shape=shape)
+        return architecture_from_export(dict(sample), space, input_shape=shape)
     except (TypeError, ValueError) as e:
         fix = ("pass the sample HMNAS exported for it (export_top_models(formatter='dict')), or an NNI one-choice "
                "sample to space.freeze")
         raise UsageError(f"freeze: the sample does not fit this space ({e}); {fix}") from None
-    _record_removed_edge_shapes(supernet, arch)
-    return derive_network(supernet, arch)
 
 
 def _hmnas_supernet(space: nn.Module) -> nn.Module:
