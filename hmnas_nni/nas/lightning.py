@@ -15,6 +15,8 @@ architecture step's loss with :meth:`export_probs`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
@@ -135,37 +137,57 @@ class HMNASLightningModule(DartsLightningModule):
             loss, _ = self.latency(loss)
         return loss
 
+    @contextmanager
+    def weights_frozen(self) -> Iterator[None]:
+        """Network weights need no gradient for the duration: the architecture step's backward then computes only
+        the architecture's (the weight step zeroes weight gradients before its own backward anyway)."""
+        search = {id(p) for p in [*self.arch_parameters(), *self.mask_parameters()]}
+        weights = [p for p in self.parameters() if p.requires_grad and id(p) not in search]
+        for p in weights:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
+
     # -- one step
     def training_step(self, batch, batch_idx):
-        arc_optim = self.architecture_optimizers()
-        phase = self.phase()
-        if phase != "warmup":
-            arc_optim.zero_grad()
-            loss = self._loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
-            if self.penalty is not None and self.latency is None:  # an NNI penalty, as NNI's DARTS applies it
-                loss, details = self.penalty(loss, self.export_probs())
-                self.log_dict({f"penalty/{k}": v for k, v in details.items()})
-            masking = self.masks_training()
-            if masking:
-                loss = self.masking_loss(loss)
-            self._check_finite(loss, batch_idx, phase, "architecture loss")
-            self.manual_backward(loss)
-            arc_optim.step()
-            self._check_arch_finite(batch_idx, phase)
-            if masking:
-                self.hierarchy.apply()
-                if self.latency is not None:
-                    self.log("expected_latency_ms", self.latency.predicted_ms(), prog_bar=False)
-
+        if self.phase() != "warmup":
+            with self.weights_frozen():
+                self.architecture_step(batch["val"], batch_idx)
         result = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
         w_loss = self._loss(result)
-        self._check_finite(w_loss, batch_idx, phase, "weight loss")
+        self._check_finite(w_loss, batch_idx, self.phase(), "weight loss")
         self.advance_optimization(w_loss, batch_idx, self.gradient_clip_val)
         self.advance_lr_schedulers(batch_idx)
-        self.log("phase", float(PHASES.index(phase)), prog_bar=False)
+        self.log("phase", float(PHASES.index(self.phase())), prog_bar=False)
         if batch_idx % self.log_prob_every_n_step == 0:
             self.log_probs(self.export_probs())
         return result
+
+    def architecture_step(self, batch, batch_idx: int) -> None:
+        """One step of alpha/beta (and, while masks train, mask scores) on a validation batch."""
+        arc_optim = self.architecture_optimizers()
+        phase = self.phase()
+        arc_optim.zero_grad()
+        loss = self._loss(self.training_module.training_step(batch, 2 * batch_idx))
+        if self.penalty is not None and self.latency is None:  # an NNI penalty, as NNI's DARTS applies it
+            loss, details = self.penalty(loss, self.export_probs())
+            self.log_dict({f"penalty/{k}": v for k, v in details.items()})
+        masking = self.masks_training()
+        if masking:
+            loss = self.masking_loss(loss)
+        self._check_finite(loss, batch_idx, phase, "architecture loss")
+        if not loss.requires_grad:
+            return  # nothing searchable trains in this phase (a space of value choices alone before masking)
+        self.manual_backward(loss)
+        arc_optim.step()
+        self._check_arch_finite(batch_idx, phase)
+        if masking:
+            self.hierarchy.apply()
+            if self.latency is not None:
+                self.log("expected_latency_ms", self.latency.predicted_ms(), prog_bar=False)
 
     @staticmethod
     def _loss(result):
