@@ -153,15 +153,16 @@ class HMNASLightningModule(DartsLightningModule):
 
     # -- one step
     def training_step(self, batch, batch_idx):
-        if self.phase() != "warmup":
+        phase = self.phase()
+        if phase != "warmup":
             with self.weights_frozen():
                 self.architecture_step(batch["val"], batch_idx)
         result = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
         w_loss = self._loss(result)
-        self._check_finite(w_loss, batch_idx, self.phase(), "weight loss")
+        self._check_finite(w_loss, batch_idx, phase, "weight loss")
         self.advance_optimization(w_loss, batch_idx, self.gradient_clip_val)
         self.advance_lr_schedulers(batch_idx)
-        self.log("phase", float(PHASES.index(self.phase())), prog_bar=False)
+        self.log("phase", float(PHASES.index(phase)), prog_bar=False)
         if batch_idx % self.log_prob_every_n_step == 0:
             self.log_probs(self.export_probs())
         return result
