@@ -19,8 +19,8 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
 from hmnas_nni.format.files import write_json
+from hmnas_nni.nas.rebuild import architecture_of
 from hmnas_nni.search.config import SearchConfig
-from hmnas_nni.search.derive import to_architecture
 from hmnas_nni.search.inputs import search_inputs
 from hmnas_nni.search.run import seed_everything
 from hmnas_nni.search.strategies import make_strategy
@@ -52,7 +52,7 @@ def search(config: SearchConfig) -> dict[str, Any]:
     experiment.run()
     sample = experiment.export_top_models(formatter="dict")[0]
     experiment.stop()  # now, rather than at interpreter exit
-    return {"nni_export": sample, "architecture": to_architecture(sample, inputs.space, config.strategy).to_dict()}
+    return {"nni_export": sample, "architecture": architecture_of(sample, inputs.space, config.strategy).to_dict()}
 
 
 def run_example(config: SearchConfig = EXAMPLE) -> dict[str, Any]:

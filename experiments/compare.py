@@ -267,8 +267,8 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
     from safetensors.torch import load_file
 
     from hmnas_nni.format.architecture import Architecture
+    from hmnas_nni.nas.rebuild import network_of
     from hmnas_nni.search.data import load_dataset, search_splits
-    from hmnas_nni.search.derive import derived_network
     from hmnas_nni.search.evaluation import accuracy, count_parameters
     from hmnas_nni.search.run import run_search
 
@@ -291,7 +291,8 @@ def measure(plan: dict[str, Any], strategy: str, seed: int, folder: Path) -> dic
 
     # derived network rebuilt from the files the search wrote (not from the live supernet)
     arch = Architecture.load(folder / "search" / "arch.json")
-    derived = derived_network(arch, load_file(str(folder / "search" / "supernet.safetensors"))).to(device).eval()
+    weights = load_file(str(folder / "search" / "supernet.safetensors"))
+    derived = network_of(arch, weights, require_path=False).to(device).eval()  # measured as the strategy gave it
     derived_files = accuracy(derived, val_split, plan["batch_size"], device)
     if abs(derived_files - final["derived_val_acc"]) > 1e-9:
         notes.append(f"derived accuracy from the files ({derived_files:.4f}) differs from the search's "

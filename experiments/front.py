@@ -40,8 +40,7 @@ from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.cost import LatencyModel
 from hmnas_nni.nas.defaults import DEFAULTS
-from hmnas_nni.nas.rebuild import derived_of
-from hmnas_nni.nas.samples import architecture_of
+from hmnas_nni.nas.rebuild import architecture_of, derived_of
 from hmnas_nni.nas.strategy import HMNAS
 from hmnas_nni.search.data import load_dataset, search_splits
 from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm

@@ -29,10 +29,9 @@ from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.nas.cost import LatencyModel
-from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.nas.levels import masks_at
-from hmnas_nni.nas.samples import architecture_from_export, export_sample
+from hmnas_nni.nas.rebuild import architecture_from_export, derived_of, export_sample
 
 _logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def sample_networks(supernet: nn.Module, hierarchy: Hierarchy, table: LatencyTab
         tries += 1
         with masks_at(hierarchy, scores=random_scores(hierarchy, gen, keep)):
             arch = architecture_from_export(export_sample(supernet), supernet, input_shape=list(table.input_shape))
-            net, predicted = derive_network(supernet, arch).eval(), model.predicted_ms()
+            net, predicted = derived_of(supernet, arch).eval(), model.predicted_ms()
         if not reads_input(net, (table.batch, *table.input_shape)):
             continue
         graph = timer.graph(net, (table.batch, *table.input_shape), f"network {len(points)}", fresh=True)

@@ -33,7 +33,7 @@ def _bytes(tensors: Any) -> float:
 
 
 def _is_architecture(name: str) -> bool:
-    from hmnas_nni.nas.derive import is_architecture_key
+    from hmnas_nni.nas.rebuild import is_architecture_key
 
     return is_architecture_key(name) or name.endswith(".scores")  # value masks' scores too
 

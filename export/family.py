@@ -18,9 +18,9 @@ from hmnas_nni.format.figures import png_bytes, pyplot
 from hmnas_nni.format.files import write_atomic, write_json
 from hmnas_nni.format.latency_table import LatencyTable
 from hmnas_nni.nas.cost import LatencyModel
-from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.family import family_members
 from hmnas_nni.nas.hierarchy import Hierarchy
+from hmnas_nni.nas.rebuild import derived_of
 from hmnas_nni.search.evaluation import accuracy, count_parameters, recalibrate_batchnorm
 
 from .latency import Runtime, Timer, runtime_of
@@ -55,7 +55,7 @@ def family(supernet: nn.Module, hierarchy: Hierarchy, k: int | None, *, table: L
     batch = table.batch if table is not None else 1
     rows, graphs = [], []
     for rank, member in enumerate(family_members(supernet, hierarchy, k, cost, shape)):
-        net = derive_network(supernet, member.architecture).eval()
+        net = derived_of(supernet, member.architecture).eval()
         rows.append({"rank": rank, "level": member.level, "architecture": member.architecture,
                      "predicted_ms": member.predicted_ms, "measured_ms": None, "params": count_parameters(net),
                      "flops": flops(net, shape), "ops_kept": member.architecture.ops_kept(),

@@ -15,7 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from hmnas_nni.format.latency_table import LatencyTable
-from hmnas_nni.nas.derive import derive_network
+from hmnas_nni.nas.rebuild import derived_of
 
 from .family import family
 from .latency import Runtime, Timer, check_latency_target, latency_table_for, runtime_of, traced_supernet
@@ -53,7 +53,7 @@ class HardwareExtras:
         if table is not None:
             final["predicted_ms"] = strategy.latency.predicted_ms()
         if config.latency_target is not None:
-            net = derive_network(supernet, result.architecture).eval()
+            net = derived_of(supernet, result.architecture).eval()
             final["latency"] = check_latency_target(net, config.latency_target, table, final["predicted_ms"],
                                                     timer)
         if config.family is not None:

@@ -31,10 +31,9 @@ from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.files import check_writable
 from hmnas_nni.format.latency_table import LatencyTable, LatencyTableError
 from hmnas_nni.nas.cost import CostItem, LatencyModel, cost_items
-from hmnas_nni.nas.derive import derive_network
 from hmnas_nni.nas.hierarchy import Hierarchy
 from hmnas_nni.nas.levels import all_on, masks_at
-from hmnas_nni.nas.samples import architecture_from_export, export_sample
+from hmnas_nni.nas.rebuild import architecture_from_export, derive_network, derived_of, export_sample
 from hmnas_nni.spaces.registry import space_identity
 
 from .bench import _ort_providers, environment, time_runs
@@ -329,7 +328,7 @@ def measure_table(supernet: nn.Module, hierarchy: Hierarchy, input_shape: tuple[
                 terms[item.key] = _item_terms(item, modules[item.path], shapes.get(item.path, []), arch, timer)
                 if progress and (n + 1) % 25 == 0:
                     progress(f"{n + 1}/{len(items)} candidates exported")
-            full_net = derive_network(supernet, arch)
+            full_net = derived_of(supernet, arch)
         timer.time_all()
         costs = _own_costs(items, {k: sum(c * timer.ms(g) for c, g in t) for k, t in terms.items()})
         anchors = _anchors(supernet, hierarchy, full_net, costs, tuple(x.shape), timer, calibration, seed)
@@ -378,7 +377,7 @@ def _anchors(supernet: nn.Module, hierarchy: Hierarchy, full_net: nn.Module, cos
         keep = 0.3 + 0.6 * (len(nets) - 1) / max(1, networks - 1)
         with masks_at(hierarchy, scores=random_scores(hierarchy, gen, keep)):
             arch = architecture_from_export(export_sample(supernet), supernet, input_shape=list(shape[1:]))
-            net, total = derive_network(supernet, arch).eval(), model.predicted_ms()
+            net, total = derived_of(supernet, arch).eval(), model.predicted_ms()
         if reads_input(net, shape):
             nets.append((f"calibration network {len(nets)} (keep {keep:.2f})", net, total))
     keys = [timer.graph(net, shape, f"anchor: {what}", fresh=True) for what, net, _ in nets]

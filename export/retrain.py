@@ -139,15 +139,14 @@ def _strip_to_net(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _inherit(arch: Architecture, arch_path: Any, from_supernet: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The derived network's body with the searched supernet's weights, and where they came from."""
-    from hmnas_nni.nas.derive import WeightsMismatch
-    from hmnas_nni.search.derive import derived_network
+    from hmnas_nni.nas.rebuild import WeightsMismatch, network_of
 
     searched, state, weights_path = load_supernet_dir(from_supernet)
     if searched.to_dict() != arch.to_dict():
         print(f"note: {arch_path} differs from {from_supernet}/arch.json; inheriting weights for {arch_path}",
               file=sys.stderr)
     try:
-        body = derived_network(arch, state)
+        body = network_of(arch, state)
     except WeightsMismatch as e:
         raise RetrainError(f"supernet {weights_path} does not fit the architecture: {e}") from None
     return body, {"path": str(weights_path), "sha256": sha256(weights_path)}

@@ -55,3 +55,14 @@ def catalogue(space: nn.Module) -> dict[str, ChoiceSpec]:
             raise TypeError(f"label {label!r} is a {type(mutable).__name__}; HM-NAS searches categorical choices "
                             "(LayerChoice, InputChoice, Cell, nni.choice values)")
     return out
+
+
+def candidate_ops(space: nn.Module) -> int:
+    """How many candidate operations the space offers in all: per op choice, and per edge of every cell."""
+    total = 0
+    for spec in catalogue(space).values():
+        if spec.kind == "op":
+            total += len(spec.candidates)
+        elif spec.kind == "cell":
+            total += sum(spec.node_ids()) * len(spec.candidates)  # node i has i candidate inputs
+    return total

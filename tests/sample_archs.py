@@ -11,7 +11,7 @@ from typing import Any
 
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.search.config import TINY_SPACE_ARGS
-from hmnas_nni.search.derive import catalogue
+from hmnas_nni.spaces.catalogue import catalogue
 
 # The tiny sizes of every space (one definition, in the search config) on 8x8 one-channel input (the digits set).
 SMOKE_ARGS: dict[str, dict[str, int]] = {name: {"in_channels": 1, "input_size": 8, **args}

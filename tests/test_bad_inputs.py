@@ -101,9 +101,9 @@ def safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 def derived_state(arch: Path) -> dict[str, torch.Tensor]:
     """The weights a supernet must provide for ``arch``'s derived network."""
     from hmnas_nni.format.architecture import Architecture
-    from hmnas_nni.search.derive import derived_network
+    from hmnas_nni.nas.rebuild import network_of
 
-    return {k: v.clone() for k, v in derived_network(Architecture.load(arch)).state_dict().items()}
+    return {k: v.clone() for k, v in network_of(Architecture.load(arch)).state_dict().items()}
 
 
 def arch_with(tmp: Path, change: Callable[[dict], None]) -> Path:

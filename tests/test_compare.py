@@ -57,8 +57,8 @@ def test_hmnas_gap_comes_from_real_evaluations(tiny: tuple[Path, dict[str, Any],
     import copy
 
     from hmnas_nni.format.architecture import Architecture
+    from hmnas_nni.nas.rebuild import network_of
     from hmnas_nni.search.data import load_dataset, search_splits
-    from hmnas_nni.search.derive import derived_network
     from hmnas_nni.search.evaluation import accuracy, recalibrate_batchnorm
 
     _, doc, _ = tiny
@@ -67,7 +67,7 @@ def test_hmnas_gap_comes_from_real_evaluations(tiny: tuple[Path, dict[str, Any],
     search = Path(row["run_dir"]) / "search"
     arch = Architecture.load(search / "arch.json")
     assert arch.strategy == "hmnas"
-    net = derived_network(arch, load_file(str(search / "supernet.safetensors"))).eval()
+    net = network_of(arch, load_file(str(search / "supernet.safetensors"))).eval()
     train, _test, _info = load_dataset(plan["dataset"])
     train_split, val_split = search_splits(train, plan["subset"], row["seed"])
     assert len(val_split) == row["val_images"]

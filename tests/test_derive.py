@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from nni.nas.strategy import DARTS
 
+from hmnas_nni.format.architecture import ArchitectureError
 from hmnas_nni.nas.derive import WeightsMismatch, derive_network, network_weights
 from hmnas_nni.nas.derived import KeptOps
-from hmnas_nni.nas.rebuild import network_from_architecture
+from hmnas_nni.nas.rebuild import architecture_of, derived_of, network_from_architecture, network_of
+from hmnas_nni.spaces.catalogue import catalogue
 from tests.helpers import export, hmnas_supernet, random_masks, tiny_space, warm_batchnorm
 
 
@@ -64,3 +67,20 @@ def test_weights_from_another_space_are_refused():
     other, _ = hmnas_supernet("mobile")
     with pytest.raises(WeightsMismatch, match="do not fit this space"):
         network_from_architecture(arch, network_weights(other))
+
+
+def test_a_strategys_export_that_ignores_the_input_is_measured_a_file_that_does_is_refused():
+    """NNI's DARTS may keep ``none`` on every edge: its network (a constant) is built from its live supernet and
+    from its weights, so a search and a comparison measure it; the same document read as a user's file is refused."""
+    torch.manual_seed(0)
+    supernet = tiny_space("nb201")
+    DARTS().mutate_model(supernet)
+    sample = {label: "none" for label, spec in catalogue(supernet).items() if spec.kind == "op"}
+    arch = architecture_of(sample, supernet, "darts", [1, 8, 8])
+    x = torch.randn(2, 1, 8, 8)
+    for net in (derived_of(supernet, arch), network_of(arch, network_weights(supernet), require_path=False)):
+        with torch.no_grad():
+            out = net.eval()(x)
+        assert torch.equal(out[0], out[1])
+    with pytest.raises(ArchitectureError, match="removes every path"):
+        network_of(arch)

@@ -20,7 +20,7 @@ def run_show(args: argparse.Namespace) -> int:
     """Validate the architecture against its space, print it, draw it if asked."""
     from hmnas_nni.format.architecture import Architecture
     from hmnas_nni.format.outputs import check_file_output, is_png
-    from hmnas_nni.search.derive import check_architecture
+    from hmnas_nni.nas.rebuild import check_architecture
     from hmnas_nni.search.plot import describe, plot_architecture
 
     if args.png:

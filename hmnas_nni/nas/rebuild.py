@@ -1,4 +1,10 @@
-"""A derived network from files alone: ``arch.json`` and, optionally, a one-shot supernet's weights."""
+"""Architecture -> network, the one entry every layer above the core uses.
+
+A strategy's export becomes a document (:func:`architecture_of`); a document becomes its network, built from the
+document and its space (:mod:`.build`), inheriting a supernet's weights where they are given (cut out of an HM-NAS
+supernet by :mod:`.derive`, mapped through one for any other strategy's weights). :mod:`.samples` (exports as
+documents) and :mod:`.derived` (the plain modules a network is made of) serve it and are not called from above.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,29 @@ from hmnas_nni.spaces.catalogue import catalogue
 from hmnas_nni.spaces.registry import SPACES, build_space, fit_input
 
 from .build import NotBuildable, build_network
-from .derive import derive_network, load_network_weights
-from .samples import removed_edge_shapes
+from .derive import WeightsMismatch, derive_network, is_architecture_key, load_network_weights, network_weights
+from .samples import architecture_from_export, architecture_of, export_sample, removed_edge_shapes
 from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
+
+__all__ = ["WeightsMismatch", "architecture_from_export", "architecture_of", "check_architecture", "derived_of",
+           "export_sample", "is_architecture_key", "network_from_architecture", "network_of", "network_weights",
+           "space_of", "supernet_of", "with_edge_shapes"]
+
+
+def network_of(arch: Architecture, weights: nn.Module | Mapping[str, torch.Tensor] | None = None,
+               require_path: bool = True) -> nn.Module:
+    """The plain network of ``arch``, inheriting ``weights`` (a live supernet or a state dict) when given; a live
+    supernet's own export, or ``require_path=False``, is built even where it ignores the input."""
+    if isinstance(weights, nn.Module):
+        return derived_of(weights, arch)
+    return network_from_architecture(arch, weights, require_path=require_path)
+
+
+def check_architecture(arch: Architecture) -> Architecture:
+    """``arch`` validated against its own space's choices (unknown ops, labels, inputs, values) and built once (a cell
+    keeps a path from the input to the output)."""
+    network_from_architecture(arch)
+    return arch
 
 
 def space_of(arch: Architecture) -> nn.Module:
@@ -39,12 +65,14 @@ def supernet_of(arch: Architecture) -> nn.Module:
 
 
 def network_from_architecture(arch: Architecture, weights: Mapping[str, torch.Tensor] | None = None,
-                              where: str = "supernet weights") -> nn.Module:
+                              where: str = "supernet weights", require_path: bool = True) -> nn.Module:
     """The network ``arch`` describes; with ``weights`` (the state dict of any one-shot supernet of that space:
     HM-NAS's or an NNI strategy's) it inherits them, else it is freshly initialised.
 
     Without weights it is built from the document and the space alone (:func:`~.build.build_network`); weights are
-    mapped through an HM-NAS supernet of the space, cut up in place, as is a space the builder does not know."""
+    mapped through an HM-NAS supernet of the space, cut up in place, as is a space the builder does not know.
+    ``require_path`` refuses a network that ignores its input (a document that removes every path); a strategy's
+    own export is measured as it is (NNI's DARTS can keep ``none`` on every path) with ``require_path=False``."""
     net = built_network(arch) if weights is None else None
     if net is None:
         supernet = supernet_of(arch)
@@ -52,7 +80,8 @@ def network_from_architecture(arch: Architecture, weights: Mapping[str, torch.Te
             load_network_weights(supernet, weights, where)
         _record_edge_shapes(supernet, arch)
         net = derive_network(supernet, arch, keep_supernet=False)  # the supernet was built for this network alone
-    _check_keeps_a_path(net, arch)
+    if require_path:
+        _check_keeps_a_path(net, arch)
     net.train()
     return net
 
@@ -124,9 +153,11 @@ def is_hmnas_supernet(supernet: nn.Module) -> bool:
 
 def derived_of(supernet: nn.Module, arch: Architecture) -> nn.Module:
     """The derived network of ``arch`` with the weights of ``supernet``: cut out of an HM-NAS supernet, or, for
-    any other one-shot strategy's supernet, rebuilt as HM-NAS would and given that supernet's weights."""
+    any other one-shot strategy's supernet, rebuilt as HM-NAS would and given that supernet's weights, even where
+    that strategy's export ignores the input (measured, not refused)."""
     if is_hmnas_supernet(supernet):
         return derive_network(supernet, arch)
     device = next(supernet.parameters()).device
     weights = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
-    return network_from_architecture(arch, weights, where=f"{type(supernet).__name__} supernet weights").to(device)
+    where = f"{type(supernet).__name__} supernet weights"
+    return network_from_architecture(arch, weights, where=where, require_path=False).to(device)

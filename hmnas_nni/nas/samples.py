@@ -65,7 +65,10 @@ def architecture_from_nni(sample: dict[str, Any], space: nn.Module, strategy: st
 
 def architecture_of(sample: dict[str, Any], supernet: nn.Module, strategy: str,
                     input_shape: list[int] | None = None) -> Architecture:
-    """Any strategy's export as a document: HMNAS's multi-level export, or an NNI strategy's sample."""
+    """Any strategy's export as a document: HMNAS's multi-level export, or an NNI strategy's sample; at the input
+    shape the search recorded on the space unless one is given."""
+    if input_shape is None:
+        input_shape = getattr(supernet, "hmnas_input_shape", None)
     if strategy in MULTI_LEVEL:
         return architecture_from_export(sample, supernet, strategy, input_shape)
     return architecture_from_nni(sample, supernet, strategy, input_shape)

@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hmnas_nni.format.errors import UsageError
 from hmnas_nni.nas.cost import LatencyModel
-from hmnas_nni.nas.derive import derive_network, is_architecture_key
 from hmnas_nni.nas.family import FamilyMember, family_members, member_state
 from hmnas_nni.nas.levels import all_on
+from hmnas_nni.nas.rebuild import derived_of, is_architecture_key
 
 from .config import SearchConfig
 from .evaluation import recalibrate_batchnorm
@@ -220,7 +220,7 @@ class InstaNAS:
         self.family.supernet.eval()
         nets = []
         for m in self.family.members:
-            net = copy.deepcopy(derive_network(self.family.supernet, m.architecture))
+            net = copy.deepcopy(derived_of(self.family.supernet, m.architecture))
             nets.append(recalibrate_batchnorm(net, self.family.inputs.train, batches=self.settings.bn_batches))
         return nets
 

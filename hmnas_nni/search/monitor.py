@@ -22,9 +22,10 @@ import torch.nn as nn
 from hmnas_nni.format.architecture import Architecture
 from hmnas_nni.format.files import write_json
 from hmnas_nni.nas.lightning import PHASES as HMNAS_PHASES
+from hmnas_nni.nas.rebuild import architecture_of, derived_of
 from hmnas_nni.spaces import space_identity
+from hmnas_nni.spaces.catalogue import candidate_ops
 
-from .derive import candidate_ops, derive
 from .evaluation import accuracy, count_parameters
 from .memory import PeakMemory
 from .reliability import arch_digest
@@ -140,7 +141,8 @@ class SearchMonitor(pl.Callback):
         """Validation accuracy of the supernet and of the derived network with inherited weights."""
         supernet = pl_module.training_module.model
         device = next(supernet.parameters()).device
-        arch, derived = derive(pl_module, self.space, self.config.strategy)
+        arch = architecture_of(pl_module.export(), supernet, self.config.strategy)
+        derived = derived_of(supernet, arch)
         self.last_arch = arch
         derived = derived.to(device)
         was_training = supernet.training

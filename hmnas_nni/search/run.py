@@ -41,7 +41,7 @@ from hmnas_nni.format.outputs import OutputFolder
 from hmnas_nni.format.progress import on_terminal
 from hmnas_nni.format.weights import SUPERNET_FORMAT
 from hmnas_nni.nas.budget import BudgetClock
-from hmnas_nni.nas.derive import network_weights
+from hmnas_nni.nas.rebuild import network_weights
 
 from .budget import BudgetStop
 from .config import SearchConfig
@@ -303,7 +303,8 @@ def _spent(run: _Run) -> dict[str, Any]:
 def _draw(arch: Architecture, path: Path, space: torch.nn.Module) -> None:
     """``cells.png``; a drawing never costs the search its results."""
     try:
-        from .derive import catalogue
+        from hmnas_nni.spaces.catalogue import catalogue
+
         from .plot import plot_architecture
 
         plot_architecture(arch, path, catalogue(space))
