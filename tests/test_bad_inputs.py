@@ -443,9 +443,12 @@ CASES = [
                                             "--out", "{out}", "--force"],
          "written for another architecture than the one given (at 'cell/",
          setup=lambda tmp, out: weights_of_other_arch(tmp)),
-    Case("budget-not-a-duration", search("--budget", "4x"), "budget '4x' is not a duration; write a wall-clock"),
+    Case("budget-not-a-duration", search("--budget", "4x"), "budget '4x' is not a duration or a number of epochs"),
     Case("budget-too-short", search("--budget", "1s"), "must be a finite duration of at least 5 s"),
     Case("nasib-without-budget", search("--strategy", "nasib"), "--strategy nasib plans its search from a budget"),
+    Case("gpu-hours-on-cpu", search("--budget", "1gpuh", "--accelerator", "cpu"),
+         "--budget 1gpuh is in GPU-hours but this search runs on the CPU"),
+    Case("budget-part-of-an-epoch", search("--budget", "2.5ep"), "must be a whole number of epochs, at least 1"),
 ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hmnas_nni import Architecture
-from hmnas_nni.format.budget import budget_seconds
+from hmnas_nni.format.budget import Budget, budget_seconds, parse_budget
 from hmnas_nni.format.errors import UsageError
 from hmnas_nni.search.config import TINY_SPACE_ARGS, SearchConfig
 from hmnas_nni.search.run import run_search
@@ -32,6 +32,37 @@ def test_durations_are_read(text, seconds) -> None:
 def test_bad_durations_are_refused(text) -> None:
     with pytest.raises(UsageError, match="duration"):
         budget_seconds(text)
+
+
+@pytest.mark.parametrize(("text", "budget"), [("12ep", Budget(epochs=12)), ("1 epochs", Budget(epochs=1)),
+                                              ("0.5gpuh", Budget(seconds=1800.0, gpu=True)),
+                                              ("2gpu-h", Budget(seconds=7200.0, gpu=True)), ("4m", Budget(240.0))])
+def test_budgets_in_epochs_and_gpu_hours_are_read(text, budget) -> None:
+    assert parse_budget(text) == budget
+    assert parse_budget(text).kind == ("epochs" if budget.epochs else "gpu-hours" if budget.gpu else "wall-clock")
+
+
+@pytest.mark.parametrize(("text", "says"), [("2.5ep", "whole number of epochs"), ("0ep", "whole number of epochs"),
+                                            ("0.001gpuh", "at least 5 s"), ("3 fortnights", "not a duration")])
+def test_bad_epoch_and_gpu_budgets_are_refused(text, says) -> None:
+    with pytest.raises(UsageError, match=says):
+        parse_budget(text)
+
+
+def test_a_duration_is_asked_where_epochs_cannot_serve() -> None:
+    with pytest.raises(UsageError, match="counts epochs; this needs a duration"):
+        budget_seconds("12ep")
+
+
+def test_epoch_budget_stops_after_its_epochs_and_records_them(tmp_path, one_thread) -> None:
+    config = SearchConfig(space="nb201", dataset="digits", strategy="hmnas", epochs=10_000, subset=128,
+                          batch_size=32, space_args=TINY_SPACE_ARGS["nb201"], out=str(tmp_path), progress=False,
+                          budget="3ep")
+    final = run_search(config).final
+    assert final["budget_kind"] == "epochs" and final["budget_allowed_epochs"] == 3
+    assert final["budget_epochs"] == 3 and final["stopped_by_budget"] is True and "budget_seconds" not in final
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(saved["history"]) == 3 and saved["status"] == "finished"
 
 
 @pytest.mark.parametrize("strategy", ["hmnas", "darts"])
@@ -63,7 +94,9 @@ def test_search_without_budget_records_no_spend(tmp_path, one_thread) -> None:
 
 @pytest.mark.parametrize(("args", "says"), [(["--budget", "4x"], "budget '4x' is not a duration"),
                                             (["--budget", "1s"], "at least 5 s"),
-                                            (["--budget", "1m", "--distributed", "ddp"], "not supported")])
+                                            (["--budget", "1m", "--distributed", "ddp"], "not supported"),
+                                            (["--budget", "1gpuh", "--accelerator", "cpu"], "is in GPU-hours"),
+                                            (["--budget", "2.5ep"], "whole number of epochs")])
 def test_bad_budget_option_is_one_line(tmp_path, args, says) -> None:
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "hmnas_nni.cli", "search", "--out", str(out), *args],

@@ -123,3 +123,15 @@ def test_budget_report_groups_flags_overruns_and_marks_the_best(tmp_path) -> Non
     assert "| 0,1 |" in lines["nasib"] and "**0.7500**" in lines["nasib"] and "-5.0%" in lines["nasib"]
     assert "+8.3% (over 5%)" in lines["darts"]
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nasib_epoch_budget_plans_the_same_schedule_on_any_machine(tmp_path, one_thread) -> None:
+    """Under ``6ep`` every epoch costs one: explore while three exploitation epochs still fit and exploration holds
+    at most half the budget, then architecture, masking and settle, and stop after the sixth epoch."""
+    config = SearchConfig(space="nb201-sk", dataset="digits", strategy="nasib", epochs=10_000, subset=128,
+                          batch_size=32, space_args=TINY_SPACE_ARGS["nb201-sk"], out=str(tmp_path), progress=False,
+                          budget="6ep")
+    final = run_search(config).final
+    assert final["nasib_phases"] == ["explore"] * 3 + ["architecture", "masking", "settle"]
+    assert final["budget_kind"] == "epochs" and final["budget_epochs"] == 6 and final["stopped_by_budget"]
+    assert abs(final["derivation_gap"]) < 1e-9

@@ -1,14 +1,19 @@
-"""A wall-clock budget as a search spends it: step and epoch-end times measured, when to stop, what was spent.
+"""A budget as a search spends it: step and epoch-end times measured, when to stop, what was spent.
 
-The clock runs from ``started`` (``run_search`` passes the moment it was called, so start-up counts). A search
-stops after the step at which one more step, the end-of-epoch work (validation, derivation, checkpoint: measured
-at every epoch end, guessed before the first) and the finishing writes would overrun the budget.
+The clock runs from ``started`` (``run_search`` passes the moment it was called, so start-up counts). Under a
+wall-clock (or GPU-hour) budget a search stops after the step at which one more step, the end-of-epoch work
+(validation, derivation, checkpoint: measured at every epoch end, guessed before the first) and the finishing
+writes would overrun the budget. Under an epoch budget it stops after its last allowed epoch, and the clock
+only records the time spent.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
+
+from hmnas_nni.format.budget import Budget
 
 #: Seconds kept for the last writes (architecture, supernet, drawing, metrics) besides the epoch-end work.
 FINISH_SECONDS = 2.0
@@ -23,10 +28,17 @@ STEP_SMOOTHING = 0.3
 class BudgetClock:
     """Elapsed time against a budget; step and epoch-end durations measured as the search runs."""
 
-    def __init__(self, seconds: float, started: float | None = None) -> None:
-        if not seconds > 0:
+    def __init__(self, seconds: float | None, started: float | None = None, epochs: int | None = None,
+                 kind: str | None = None) -> None:
+        if (seconds is None) == (epochs is None):
+            raise ValueError("a budget is either seconds or epochs: pass exactly one")
+        if seconds is not None and not seconds > 0:
             raise ValueError(f"a budget must be > 0 seconds, got {seconds!r}")
-        self.seconds = float(seconds)
+        if epochs is not None and not epochs >= 1:
+            raise ValueError(f"an epoch budget must be >= 1 epoch, got {epochs!r}")
+        self.seconds = None if seconds is None else float(seconds)
+        self.allowed_epochs = epochs
+        self.kind = kind or ("epochs" if epochs is not None else "wall-clock")
         self.started = time.perf_counter() if started is None else started
         self.step_seconds: float | None = None
         self.epoch_end_seconds: float | None = None
@@ -39,8 +51,22 @@ class BudgetClock:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    @classmethod
+    def of(cls, budget: Budget, started: float | None = None) -> BudgetClock:
+        """The clock of a parsed budget."""
+        return cls(budget.seconds, started, budget.epochs, budget.kind)
+
+    def copy(self) -> BudgetClock:
+        """A clock on the same budget and start time (its own step and epoch counts)."""
+        return BudgetClock(self.seconds, self.started, self.allowed_epochs, self.kind)
+
     def left(self) -> float:
-        return self.seconds - self.elapsed()
+        """Seconds left (infinite under an epoch budget)."""
+        return math.inf if self.seconds is None else self.seconds - self.elapsed()
+
+    def epochs_spent(self) -> bool:
+        """Under an epoch budget, whether every allowed epoch has begun (the one running is the last)."""
+        return self.allowed_epochs is not None and self.epochs >= self.allowed_epochs
 
     def epoch_started(self) -> None:
         """A training epoch begins: the previous epoch's end-of-epoch work is over, measure it."""
@@ -70,15 +96,20 @@ class BudgetClock:
         end = self.epoch_end_seconds
         if end is None:
             end = FIRST_EPOCH_END_GUESS * batches_per_epoch * (self.step_seconds or 0.0)
-        return end + FINISH_SECONDS + MARGIN * self.seconds
+        return end + FINISH_SECONDS + MARGIN * (self.seconds or 0.0)
 
     def must_stop(self, batches_per_epoch: int, more_steps: int = 1) -> bool:
         """Whether ``more_steps`` more steps would leave too little for the epoch end and the finish."""
+        if self.seconds is None:
+            return False  # an epoch budget ends at an epoch boundary (epochs_spent)
         step = self.step_seconds or 0.0
         return self.elapsed() + more_steps * step + self.reserve(batches_per_epoch) >= self.seconds
 
     def record(self) -> dict[str, Any]:
-        """What was spent: the budget, seconds so far, epochs begun, training steps, whether the budget stopped it."""
-        return {"budget_seconds": self.seconds, "spent_seconds": self.elapsed(), "budget_epochs": self.epochs,
+        """What was spent: the budget (its kind, seconds or allowed epochs), seconds so far, epochs begun, training
+        steps, whether the budget stopped it."""
+        limit = {"budget_seconds": self.seconds} if self.seconds is not None else {"budget_allowed_epochs":
+                                                                                   self.allowed_epochs}
+        return {"budget_kind": self.kind, **limit, "spent_seconds": self.elapsed(), "budget_epochs": self.epochs,
                 "budget_steps": self.steps, "stopped_by_budget": self.stopped_by_budget,
                 "step_seconds": self.step_seconds, "epoch_end_seconds": self.epoch_end_seconds}

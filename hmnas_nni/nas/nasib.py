@@ -1,4 +1,4 @@
-"""NASIB: neural architecture search within a stated wall-clock budget, as an NNI one-shot strategy.
+"""NASIB: architecture search within a stated budget (wall-clock, GPU-hours or epochs), an NNI one-shot strategy.
 
     experiment = NasExperiment(model_space, evaluator, NASIB(budget="10m"))   # evaluator: max_epochs large
     experiment.run()
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hmnas_nni.format.budget import budget_seconds
+from hmnas_nni.format.budget import Budget, parse_budget
 
 from .budget import BudgetClock
 from .budget_plan import PlanInputs, exploit_phase, explore_next
@@ -34,7 +34,7 @@ FULL_STEPS = (0, 1, 2)
 class NASIBLightningModule(HMNASLightningModule):
     """HM-NAS's step with a budget: sampled exploration epochs first, then HM-NAS's phases as planned."""
 
-    def __init__(self, *args: Any, budget: float, clock: BudgetClock | None, explore_share: float,
+    def __init__(self, *args: Any, budget: Budget, clock: BudgetClock | None, explore_share: float,
                  min_exploit: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.budget, self.clock = budget, clock
@@ -49,16 +49,28 @@ class NASIBLightningModule(HMNASLightningModule):
         return [m for m in self.model.modules() if isinstance(m, HMNASMixedLayer)]
 
     def plan_inputs(self) -> PlanInputs:
+        """What the rule reads now: seconds under a wall-clock budget, epochs (each one unit) under an epoch one."""
+        if self.budget.epochs is not None:
+            return self.epoch_plan_inputs()
         clock, batches = self.clock, max(1, int(self.trainer.num_training_batches))
         end = clock.epoch_end_seconds or 0.0
         explore = self.step_seconds.get("explore", 0.0)
         exploit = self.step_seconds.get("exploit", 2 * self.step_seconds.get("full", explore))
-        return PlanInputs(left=clock.left() - clock.reserve(batches), budget=self.budget,
+        return PlanInputs(left=clock.left() - clock.reserve(batches), budget=self.budget.seconds,
                           explored_seconds=self.explored_seconds,
                           explored_epochs=sum(p == "explore" for p in self.phases.values()),
                           explore_epoch=batches * explore + end, exploit_epoch=batches * exploit + end,
                           max_candidates=max((len(m.names) for m in self.layers()), default=1),
                           epochs_left=(self.trainer.max_epochs or 10**9) - self.trainer.current_epoch)
+
+    def epoch_plan_inputs(self) -> PlanInputs:
+        """The rule's inputs under an epoch budget: every epoch costs one, so the plan is the same on any machine."""
+        allowed, epoch = self.budget.epochs, self.trainer.current_epoch
+        explored = sum(p == "explore" for p in self.phases.values())
+        return PlanInputs(left=float(allowed - epoch), budget=float(allowed), explored_seconds=float(explored),
+                          explored_epochs=explored, explore_epoch=1.0, exploit_epoch=1.0,
+                          max_candidates=max((len(m.names) for m in self.layers()), default=1),
+                          epochs_left=min((self.trainer.max_epochs or 10**9), allowed) - epoch)
 
     def choose_phase(self) -> str:
         """The phase of the epoch starting now (the first always explores: it also times the steps)."""
@@ -82,7 +94,7 @@ class NASIBLightningModule(HMNASLightningModule):
     # -- hooks
     def on_fit_start(self):
         if self.clock is None:
-            self.clock = BudgetClock(self.budget)
+            self.clock = BudgetClock.of(self.budget)
         return super().on_fit_start()
 
     def on_train_epoch_start(self):
@@ -115,6 +127,9 @@ class NASIBLightningModule(HMNASLightningModule):
 
     def on_train_epoch_end(self):
         self.clock.epoch_ended()
+        if self.clock.epochs_spent() and not self.trainer.should_stop:
+            self.trainer.should_stop = True
+            self.clock.stopped_by_budget = True
         if self.phases[self.trainer.current_epoch] == "explore":
             self.explored_seconds += time.perf_counter() - self._epoch_t0
         return super().on_train_epoch_end()
@@ -144,8 +159,10 @@ class NASIB(HMNAS):
     Parameters
     ----------
     budget
-        Wall-clock budget: seconds, or ``"90s"`` / ``"4m"`` / ``"1h"``. It counts from the start of training unless
-        :meth:`use_budget` gives an earlier clock (``hmnas search`` counts from its own start).
+        Wall-clock budget: seconds, or ``"90s"`` / ``"4m"`` / ``"1h"``, or GPU-hours (``"0.5gpuh"``: wall-clock
+        time of the one GPU the search trains on). It counts from the start of training unless :meth:`use_budget`
+        gives an earlier clock (``hmnas search`` counts from its own start). Or training epochs (``"12ep"``): the
+        same rule with every epoch costing one, so the schedule is the same on any machine.
     explore_share
         The largest fraction of the budget exploration may take (rule 3 of :mod:`hmnas_nni.nas.budget_plan`).
     min_exploit
@@ -162,14 +179,14 @@ class NASIB(HMNAS):
             raise ValueError(f"explore_share must be in [0, 1], got {explore_share!r}")
         if min_exploit < 1:
             raise ValueError(f"min_exploit must be >= 1 epoch, got {min_exploit!r}")
-        self.budget = budget_seconds(budget)
+        self.budget = parse_budget(budget)
         self.explore_share, self.min_exploit = explore_share, min_exploit
         self.clock: BudgetClock | None = None
 
     def use_budget(self, clock: BudgetClock) -> None:
         """Plan on ``clock``'s budget and start time (its own copy: the caller's callback times its own steps)."""
-        self.budget = clock.seconds
-        self.clock = BudgetClock(clock.seconds, clock.started)
+        self.budget = Budget(clock.seconds, clock.allowed_epochs, clock.kind == "gpu-hours")
+        self.clock = clock.copy()
 
     def configure_oneshot_module(self, training_module) -> NASIBLightningModule:
         if self.hierarchy is None:

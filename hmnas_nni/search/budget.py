@@ -1,10 +1,12 @@
-"""``--budget``: stop any one-shot strategy's search cleanly when its wall-clock budget is spent.
+"""``--budget``: stop any one-shot strategy's search cleanly when its budget is spent.
 
 :class:`BudgetStop` is a Lightning callback on the search's trainer: it times every training step and every
 end of epoch with a :class:`~hmnas_nni.nas.budget.BudgetClock` and sets ``trainer.should_stop`` after the
-step at which one more would overrun (Lightning then validates, the monitor derives the architecture of the
-partial epoch and the search exports it as after a full run). What was spent lands in ``metrics.json``'s
-``final`` (``budget_seconds``, ``spent_seconds``, ``budget_epochs``, ``budget_steps``, ``stopped_by_budget``).
+step at which one more would overrun a wall-clock (or GPU-hour) budget, or after the last epoch of an epoch
+budget (Lightning then validates, the monitor derives the architecture of the partial epoch and the search
+exports it as after a full run). What was spent lands in ``metrics.json``'s ``final`` (``budget_kind``,
+``budget_seconds`` or ``budget_allowed_epochs``, ``spent_seconds``, ``budget_epochs``, ``budget_steps``,
+``stopped_by_budget``).
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ class BudgetStop(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After the epoch's own work: refuse to begin an epoch whose first step could not be finished in time."""
         self.clock.epoch_ended()
-        if not trainer.should_stop and self.clock.must_stop(batches_per_epoch(trainer)):
+        if not trainer.should_stop and (self.clock.epochs_spent() or self.clock.must_stop(batches_per_epoch(trainer))):
             self._stop(trainer, f"after epoch {trainer.current_epoch}")
 
     def _stop(self, trainer: pl.Trainer, where: str) -> None:
         trainer.should_stop = True
         self.clock.stopped_by_budget = True
-        _logger.info("budget: stopping %s, %.1f s of %.1f s spent", where, self.clock.elapsed(), self.clock.seconds)
+        limit = (f"{self.clock.seconds:.1f} s" if self.clock.seconds is not None
+                 else f"{self.clock.allowed_epochs} epochs")
+        _logger.info("budget: stopping %s, %.1f s spent of %s", where, self.clock.elapsed(), limit)

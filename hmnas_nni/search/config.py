@@ -91,9 +91,9 @@ class SearchConfig:
     memory_buffer: int | None = option(None, f"enas-memory: past architectures the controller is also trained on "
                                              f"(default {MEMORY_BUFFER}; --strategy enas has none)")
     # compute budget
-    budget: str | None = option(None, "wall-clock budget of the whole search, e.g. 90s, 4m, 1h (a bare number is "
-                                      "seconds): the search stops at a step boundary in time to export what it has; "
-                                      "--epochs still caps it")
+    budget: str | None = option(None, "budget of the whole search: wall-clock, e.g. 90s, 4m, 1h (a bare number is "
+                                      "seconds), GPU-hours on a GPU, e.g. 0.5gpuh, or epochs, e.g. 12ep; the search "
+                                      "stops at a step boundary in time to export what it has; --epochs still caps it")
     # where to run
     accelerator: str = option("auto", "Lightning accelerator", choices=ACCELERATORS)
     devices: int = option(1, "devices (processes under --distributed ddp)")
@@ -129,11 +129,23 @@ class SearchConfig:
             raise UsageError(f"unknown search option(s) {unknown}; known options are {sorted(known)}")
         return cls(**values)
 
+    def search_epochs(self) -> int:
+        """Epochs the search may train: ``epochs``, or fewer where an epoch budget (``12ep``) allows fewer."""
+        if self.budget is not None:
+            from hmnas_nni.format.budget import parse_budget
+
+            allowed = parse_budget(self.budget).epochs
+            if allowed is not None:
+                return min(self.epochs, allowed)
+        return self.epochs
+
     def schedule(self) -> tuple[int, int]:
-        """(warm-up epochs, architecture epochs before masking): a quarter each unless given."""
-        warmup = self.warmup_epochs if self.warmup_epochs is not None else max(1, self.epochs // 4)
-        arch = self.arch_epochs if self.arch_epochs is not None else max(1, self.epochs // 4)
-        return min(warmup, self.epochs - 1), arch
+        """(warm-up epochs, architecture epochs before masking): a quarter each of the epochs the search may train,
+        unless given."""
+        epochs = self.search_epochs()
+        warmup = self.warmup_epochs if self.warmup_epochs is not None else max(1, epochs // 4)
+        arch = self.arch_epochs if self.arch_epochs is not None else max(1, epochs // 4)
+        return min(warmup, epochs - 1), arch
 
 
 def _check_names(c: SearchConfig) -> None:
@@ -226,12 +238,26 @@ def _check_budget(c: SearchConfig) -> None:
             raise UsageError("--strategy nasib plans its search from a budget: pass --budget (e.g. 4m; "
                              "--time-budget in hmnas compare), and an --epochs large enough not to cap it")
         return
-    from hmnas_nni.format.budget import budget_seconds
+    from hmnas_nni.format.budget import parse_budget
 
-    budget_seconds(c.budget)
+    budget = parse_budget(c.budget)
+    if budget.gpu and not _runs_on_gpu(c):
+        raise UsageError(f"--budget {c.budget} is in GPU-hours but this search runs on the CPU (--accelerator "
+                         f"{c.accelerator}); give a wall-clock duration such as 1h, or search on a GPU")
     if c.distributed == "ddp":
         raise UsageError("--budget under --distributed ddp is not supported (each process would stop at its own "
                          "step); drop one of them")
+
+
+def _runs_on_gpu(c: SearchConfig) -> bool:
+    """Whether Lightning will train on a CUDA GPU under ``c.accelerator``."""
+    if c.accelerator in ("gpu", "cuda"):
+        return True
+    if c.accelerator != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_where(c: SearchConfig) -> None:

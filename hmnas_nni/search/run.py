@@ -34,7 +34,7 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 
 from hmnas_nni.format.architecture import Architecture
-from hmnas_nni.format.budget import budget_seconds
+from hmnas_nni.format.budget import parse_budget
 from hmnas_nni.format.errors import UsageError, interruption_in
 from hmnas_nni.format.files import write_atomic
 from hmnas_nni.format.outputs import OutputFolder
@@ -139,7 +139,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         if folder is not None:
             folder.clear_previous(writes=IN_PLACE)
             _measure_latency_table(config, inputs, extras)
-        clock = BudgetClock(budget_seconds(config.budget), started) if config.budget is not None else None
+        clock = BudgetClock.of(parse_budget(config.budget), started) if config.budget is not None else None
         run = _prepare(config, inputs, extras, on_epoch_end, resume_from, saved_epoch, clock)
         try:
             seconds = _fit(run)
@@ -219,7 +219,7 @@ def _evaluator(config: SearchConfig, inputs: SearchInputs, samplers: list[EpochS
     return Classification(
         train_dataloaders=loader(inputs.train, samplers[0]), val_dataloaders=loader(inputs.val, samplers[1]),
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, num_classes=inputs.info.num_classes,
-        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices, callbacks=callbacks,
+        max_epochs=config.search_epochs(), accelerator=config.accelerator, devices=config.devices, callbacks=callbacks,
         plugins=[InFolderCheckpointIO()], logger=pl.loggers.CSVLogger(out, name="logs"),
         enable_progress_bar=config.progress and on_terminal(), enable_model_summary=False, default_root_dir=out,
         **distributed,
