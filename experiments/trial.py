@@ -40,11 +40,25 @@ class TrialInputError(UsageError):
 
 
 # --------------------------------------------------------------------------------------------- parameters
+def flatten_nested(params: dict[str, Any]) -> dict[str, Any]:
+    """NNI's nested choices as plain parameters: ``{"strategy": {"_name": "nasib", "epochs": 100000}}`` (a choice
+    among dicts that name themselves) becomes ``{"strategy": "nasib", "epochs": 100000}``."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and "_name" in value:
+            flat[key] = value["_name"]
+            flat.update(flatten_nested({k: v for k, v in value.items() if k != "_name"}))
+        else:
+            flat[key] = value
+    return flat
+
+
 def merge_parameters(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Overlay NNI parameters on ``base``; ``space_args.X`` keys go into ``space_args``; unknown keys raise."""
+    """Overlay NNI parameters (nested choices flattened) on ``base``; ``space_args.X`` keys go into ``space_args``;
+    unknown keys raise."""
     known = field_types()
     merged = dict(base)
-    for key, value in params.items():
+    for key, value in flatten_nested(params).items():
         if key.startswith("space_args."):
             merged["space_args"] = {**(merged.get("space_args") or {}), key.split(".", 1)[1]: value}
             continue

@@ -131,8 +131,15 @@ def _corners(space: dict) -> list[dict]:
     out = []
     for key, spec in space.items():
         values = spec["_value"] if spec["_type"] == "choice" else spec["_value"][:2]
-        out.extend({key: v} for v in values)
+        out.extend({key: _first_of_nested(v)} for v in values)
     return out
+
+
+def _first_of_nested(value):
+    """A nested choice (``{"_name": ..., key: spec}``) as NNI's tuners give it, each inner spec at its first value."""
+    if not isinstance(value, dict) or "_name" not in value:
+        return value
+    return {k: v["_value"][0] if isinstance(v, dict) and "_type" in v else v for k, v in value.items()}
 
 
 @pytest.mark.parametrize("name", ["hmnas", "compare", "smoke", "nasib"])
@@ -154,10 +161,24 @@ def test_compare_covers_every_strategy() -> None:
 
 
 def test_nasib_experiment_budgets_every_strategy_alike() -> None:
+    """One budget for all; NNI's nested choices give NASIB an epoch cap out of its way and the others 4 epochs."""
+    from nni.algorithms.hpo.gridsearch_tuner import GridSearchTuner
+
     yml = EXPERIMENTS / "nasib.yml"
-    for strategy in ("nasib", "hmnas", "darts", "random-oneshot"):
-        config = _trial_config(yml, {"strategy": strategy})
-        assert (config.strategy, config.space, config.budget) == (strategy, "nb201-sk", "2m")
+    tuner = GridSearchTuner()
+    tuner.update_search_space(json.loads((EXPERIMENTS / "nasib_search_space.json").read_text()))
+    grid = [tuner.generate_parameters(i) for i in range(4)]  # what nnictl's GridSearch hands the four trials
+    configs = {p["strategy"]["_name"]: _trial_config(yml, p) for p in grid}
+    assert set(configs) == {"nasib", "hmnas", "darts", "random-oneshot"}
+    for strategy, config in configs.items():
+        assert (config.strategy, config.space, config.budget, config.dataset) == (strategy, "nb201-sk", "2m",
+                                                                                   "fashion-mnist")
+        assert config.epochs == (100_000 if strategy == "nasib" else 4)
+
+
+def test_nested_nni_choices_become_plain_parameters() -> None:
+    nested = {"strategy": {"_name": "nasib", "epochs": 9, "space_args.channels": 4}, "seed": 3}
+    assert trial.flatten_nested(nested) == {"strategy": "nasib", "epochs": 9, "space_args.channels": 4, "seed": 3}
 
 
 def test_python_api_example_exports_hmnas_and_darts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
