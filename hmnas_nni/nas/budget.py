@@ -28,17 +28,14 @@ STEP_SMOOTHING = 0.3
 class BudgetClock:
     """Elapsed time against a budget; step and epoch-end durations measured as the search runs."""
 
-    def __init__(self, seconds: float | None, started: float | None = None, epochs: int | None = None,
-                 kind: str | None = None) -> None:
-        if (seconds is None) == (epochs is None):
-            raise ValueError("a budget is either seconds or epochs: pass exactly one")
-        if seconds is not None and not seconds > 0:
-            raise ValueError(f"a budget must be > 0 seconds, got {seconds!r}")
-        if epochs is not None and not epochs >= 1:
-            raise ValueError(f"an epoch budget must be >= 1 epoch, got {epochs!r}")
-        self.seconds = None if seconds is None else float(seconds)
-        self.allowed_epochs = epochs
-        self.kind = kind or ("epochs" if epochs is not None else "wall-clock")
+    def __init__(self, budget: Budget | float, started: float | None = None) -> None:
+        self.budget = budget if isinstance(budget, Budget) else Budget(seconds=float(budget))
+        if (self.seconds is None) == (self.allowed_epochs is None):
+            raise ValueError("a budget is either seconds or epochs: give exactly one")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"a budget must be > 0 seconds, got {self.seconds!r}")
+        if self.allowed_epochs is not None and not self.allowed_epochs >= 1:
+            raise ValueError(f"an epoch budget must be >= 1 epoch, got {self.allowed_epochs!r}")
         self.started = time.perf_counter() if started is None else started
         self.step_seconds: float | None = None
         self.epoch_end_seconds: float | None = None
@@ -51,14 +48,19 @@ class BudgetClock:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    @classmethod
-    def of(cls, budget: Budget, started: float | None = None) -> BudgetClock:
-        """The clock of a parsed budget."""
-        return cls(budget.seconds, started, budget.epochs, budget.kind)
+    @property
+    def seconds(self) -> float | None:
+        """The wall-clock budget in seconds (``None`` under an epoch budget)."""
+        return self.budget.seconds
+
+    @property
+    def allowed_epochs(self) -> int | None:
+        """The epoch budget (``None`` under a wall-clock one)."""
+        return self.budget.epochs
 
     def copy(self) -> BudgetClock:
         """A clock on the same budget and start time (its own step and epoch counts)."""
-        return BudgetClock(self.seconds, self.started, self.allowed_epochs, self.kind)
+        return BudgetClock(self.budget, self.started)
 
     def left(self) -> float:
         """Seconds left (infinite under an epoch budget)."""
@@ -110,6 +112,6 @@ class BudgetClock:
         steps, whether the budget stopped it."""
         limit = {"budget_seconds": self.seconds} if self.seconds is not None else {"budget_allowed_epochs":
                                                                                    self.allowed_epochs}
-        return {"budget_kind": self.kind, **limit, "spent_seconds": self.elapsed(), "budget_epochs": self.epochs,
+        return {"budget_kind": self.budget.kind, **limit, "spent_seconds": self.elapsed(), "budget_epochs": self.epochs,
                 "budget_steps": self.steps, "stopped_by_budget": self.stopped_by_budget,
                 "step_seconds": self.step_seconds, "epoch_end_seconds": self.epoch_end_seconds}

@@ -94,7 +94,7 @@ class NASIBLightningModule(HMNASLightningModule):
     # -- hooks
     def on_fit_start(self):
         if self.clock is None:
-            self.clock = BudgetClock.of(self.budget)
+            self.clock = BudgetClock(self.budget)
         return super().on_fit_start()
 
     def on_train_epoch_start(self):
@@ -185,7 +185,7 @@ class NASIB(HMNAS):
 
     def use_budget(self, clock: BudgetClock) -> None:
         """Plan on ``clock``'s budget and start time (its own copy: the caller's callback times its own steps)."""
-        self.budget = Budget(clock.seconds, clock.allowed_epochs, clock.kind == "gpu-hours")
+        self.budget = clock.budget
         self.clock = clock.copy()
 
     def configure_oneshot_module(self, training_module) -> NASIBLightningModule:

@@ -24,9 +24,9 @@ from .derive import WeightsMismatch, derive_network, is_architecture_key, load_n
 from .samples import architecture_from_export, architecture_of, export_sample, removed_edge_shapes
 from .supermodules import HMNASMixedCell, HMNASMixedInput, HMNASMixedLayer
 
-__all__ = ["WeightsMismatch", "architecture_from_export", "architecture_of", "check_architecture", "derived_of",
-           "export_sample", "is_architecture_key", "network_from_architecture", "network_of", "network_weights",
-           "space_of", "supernet_of", "with_edge_shapes"]
+__all__ = ["WeightsMismatch", "architecture_from_export", "architecture_of", "check_architecture", "derive_network",
+           "derived_of", "export_sample", "is_architecture_key", "network_from_architecture", "network_of",
+           "network_weights", "space_of", "supernet_of", "with_edge_shapes"]
 
 
 def network_of(arch: Architecture, weights: nn.Module | Mapping[str, torch.Tensor] | None = None,

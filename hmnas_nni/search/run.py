@@ -139,7 +139,7 @@ def run_search(config: SearchConfig, on_epoch_end: Callable[[dict], None] | None
         if folder is not None:
             folder.clear_previous(writes=IN_PLACE)
             _measure_latency_table(config, inputs, extras)
-        clock = BudgetClock.of(parse_budget(config.budget), started) if config.budget is not None else None
+        clock = BudgetClock(parse_budget(config.budget), started) if config.budget is not None else None
         run = _prepare(config, inputs, extras, on_epoch_end, resume_from, saved_epoch, clock)
         try:
             seconds = _fit(run)
