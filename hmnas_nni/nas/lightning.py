@@ -53,10 +53,26 @@ class HMNASLightningModule(DartsLightningModule):
         self.arch_epochs = arch_epochs
         self.sparsity = sparsity
         self.settle_epochs = settle_epochs
+        self._searched: list[nn.Parameter] | None = None
+        self._weights: list[nn.Parameter] | None = None
 
     # -- parameters and optimizers
     def mask_parameters(self) -> list[nn.Parameter]:
         return [m.scores for m in self.hierarchy.all_masks()]
+
+    def searched_parameters(self) -> list[nn.Parameter]:
+        """alpha/beta/gates and mask scores, listed once: every step needs them, and walking every module for them
+        costs as much as a small space's forward."""
+        if self._searched is None:
+            self._searched = [*self.arch_parameters(), *self.mask_parameters()]
+        return self._searched
+
+    def trainable_weights(self) -> list[nn.Parameter]:
+        """The trainable network weights (everything trainable but the searched parameters), listed once."""
+        if self._weights is None:
+            searched = {id(p) for p in self.searched_parameters()}
+            self._weights = [p for p in self.parameters() if p.requires_grad and id(p) not in searched]
+        return self._weights
 
     def postprocess_weight_optimizers(self, optimizer):
         """Keep ``alpha``/``beta``/gates (as DARTS does) and mask scores out of the weight optimizer."""
@@ -141,8 +157,7 @@ class HMNASLightningModule(DartsLightningModule):
     def weights_frozen(self) -> Iterator[None]:
         """Network weights need no gradient for the duration: the architecture step's backward then computes only
         the architecture's (the weight step zeroes weight gradients before its own backward anyway)."""
-        search = {id(p) for p in [*self.arch_parameters(), *self.mask_parameters()]}
-        weights = [p for p in self.parameters() if p.requires_grad and id(p) not in search]
+        weights = self.trainable_weights()
         for p in weights:
             p.requires_grad_(False)
         try:
@@ -200,8 +215,8 @@ class HMNASLightningModule(DartsLightningModule):
                                  f"step {batch_idx}, phase {phase!r}; lower the learning rates or check the data")
 
     def _check_arch_finite(self, batch_idx: int, phase: str) -> None:
-        for p in [*self.arch_parameters(), *self.mask_parameters()]:
-            if not torch.isfinite(p.detach()).all():
-                raise NumericalFault(f"non-finite architecture parameter at epoch {self.trainer.current_epoch}, "
-                                     f"step {batch_idx}, phase {phase!r}; lower arc_learning_rate / "
-                                     "mask_learning_rate (--arc-lr / --mask-lr)")
+        searched = self.searched_parameters()
+        if searched and not torch.isfinite(torch.cat([p.detach().reshape(-1) for p in searched])).all():
+            raise NumericalFault(f"non-finite architecture parameter at epoch {self.trainer.current_epoch}, "
+                                 f"step {batch_idx}, phase {phase!r}; lower arc_learning_rate / "
+                                 "mask_learning_rate (--arc-lr / --mask-lr)")

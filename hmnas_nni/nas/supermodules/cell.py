@@ -141,9 +141,8 @@ class HMNASMixedCell(PathSamplingCell):
         return out
 
     def arch_parameters(self):
-        for name, p in self.named_parameters():
-            if any(name.startswith(n) for n in self._arch_parameter_names):
-                yield p
+        yield from self._arch_alpha.values()  # its own logits, without walking the ops' weights
+        yield from self._arch_beta.values()
 
     # -- forward
     def _input_weights(self, i: int, inputs: list[int]) -> torch.Tensor:

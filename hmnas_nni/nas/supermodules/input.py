@@ -59,7 +59,7 @@ class HMNASMixedInput(InputChoice, BaseSuperNetModule):
         return {self.label: dict(enumerate(torch.softmax(self._arch_alpha.detach(), -1).tolist()))}
 
     def arch_parameters(self):
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters(recurse=False):  # its own, not the candidates'
             if name in self._arch_parameter_names:
                 yield p
 

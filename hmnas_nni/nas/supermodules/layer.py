@@ -78,7 +78,7 @@ class HMNASMixedLayer(LayerChoice, BaseSuperNetModule):
         return {self.label: dict(zip(self.names, torch.softmax(self._arch_alpha.detach(), -1).tolist()))}
 
     def arch_parameters(self):
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters(recurse=False):  # its own, not the candidates'
             if name in self._arch_parameter_names:
                 yield p
 
