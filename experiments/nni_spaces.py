@@ -170,22 +170,18 @@ SPACES: dict[str, tuple[Callable[[], nn.Module], int]] = {
 }
 
 
-_FIT_SECONDS: dict[str, float] = {}
-
-
 class FitClock(pl.Callback):
-    """Seconds of the strategy's training alone (first to last epoch), kept under ``key`` wherever the trainer's
-    callbacks are copied to: ``experiment.run()`` also holds NNI's experiment start, which reads NNI's experiment
-    registry (a file that grows with every experiment the user ran), the same for every strategy."""
+    """Seconds of the strategy's training alone (first to last epoch): ``experiment.run()`` also holds NNI's
+    experiment start and the export, the same for every strategy."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self) -> None:
+        self.seconds = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _FIT_SECONDS[self.key] = time.perf_counter()
+        self.seconds = -time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _FIT_SECONDS[self.key] = time.perf_counter() - _FIT_SECONDS[self.key]
+        self.seconds += time.perf_counter()
 
 
 def rgb_digits(size: int, images: int = 192, seed: int = 0) -> list[TensorDataset]:
@@ -223,11 +219,11 @@ def search_one(space_name: str, strategy: str, epochs: int, workdir: Path, seed:
     data = rgb_digits(size, seed=seed)
     torch.manual_seed(seed)
     row: dict[str, Any] = {"space": space_name, "strategy": strategy, "runs": False, "derived": False}
-    clock = f"{space_name}/{strategy}"
+    clock = FitClock()
     evaluator = Classification(train_dataloaders=DataLoader(data[0], batch_size=32),
                                val_dataloaders=DataLoader(data[1], batch_size=32), max_epochs=epochs, num_classes=10,
                                enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                               callbacks=[FitClock(clock)])
+                               callbacks=[clock])
     try:
         space = factory()
         experiment = NasExperiment(space, evaluator, make_strategy(strategy, epochs))
@@ -237,7 +233,7 @@ def search_one(space_name: str, strategy: str, epochs: int, workdir: Path, seed:
     except Exception as e:  # noqa: BLE001 - a space a strategy refuses is a result of the survey
         return row | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     row |= {"runs": True, "run_seconds": time.perf_counter() - started,
-            "epoch_seconds": _FIT_SECONDS.pop(clock) / epochs}
+            "epoch_seconds": clock.seconds / epochs}
     try:
         row |= _derived(experiment, factory, data[1])
     finally:

@@ -76,7 +76,7 @@ class HMNASLightningModule(DartsLightningModule):
 
     def postprocess_weight_optimizers(self, optimizer):
         """Keep ``alpha``/``beta``/gates (as DARTS does) and mask scores out of the weight optimizer."""
-        blacklist = set(self.arch_parameters()) | set(self.mask_parameters())
+        blacklist = set(self.searched_parameters())
         for opt in optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]:
             if isinstance(opt, torch.optim.Optimizer):
                 for group in opt.param_groups:
