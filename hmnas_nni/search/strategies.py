@@ -25,6 +25,7 @@ class StrategyKnobs(Protocol):
     latency_weight: float
     memory_buffer: int | None
     budget: str | None
+    seed: int
 
     def schedule(self) -> tuple[int, int]: ...
 
@@ -91,9 +92,10 @@ def _nasib(knobs: StrategyKnobs) -> Any:
 
 
 def _random(knobs: StrategyKnobs) -> Any:
-    from nni.nas.oneshot.pytorch.strategy import RandomOneShot
+    """NNI's RandomOneShot (it has no warm-up), its paths and export drawn from the config's seed."""
+    from .nni_random import SeededRandomOneShot
 
-    return RandomOneShot()  # NNI's RandomOneShot has no warm-up
+    return SeededRandomOneShot(seed=knobs.seed)
 
 
 #: Strategy name -> factory taking the search config.
