@@ -241,7 +241,7 @@ def retrain_front(out: str | Path, epochs: int = 3, limit_train: int | None = 50
                   log: Any = print) -> dict[str, Any]:
     """Retrain every network of the front in ``out`` from scratch with one recipe (``hmnas retrain``'s, the
     search's seed), record its test accuracy in ``front.json`` and draw ``front_retrained.png``."""
-    from .retrain import retrain
+    from hmnas_nni.export.retrain import retrain
 
     out = Path(out)
     report = json.loads((out / "front.json").read_text())
@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--family", type=int, default=5)
+    p.add_argument("--space-args", type=json.loads, default=None, help="nb201's arguments as JSON (default 8 channels)")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--target-fraction", type=float, default=0.5,
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain:
         retrain_front(args.out, args.retrain, args.limit_train or None)
         return 0
-    run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), family_k=args.family,
+    run_front(args.out, args.dataset, args.subset, args.epochs, tuple(args.seeds), args.space_args, args.family,
+              batch_size=args.batch_size,
               target_fraction=args.target_fraction, runtime=Runtime("cpu", args.threads, args.exporter),
               latency_weight=args.latency_weight,
               command=" ".join(["python -m hmnas_nni.experiments.front",
