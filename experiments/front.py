@@ -202,17 +202,22 @@ RETRAINED = (("test_acc", "test accuracy", "retrained from scratch"),)
 
 
 def plot_front(report: dict[str, Any], panels: tuple[tuple[str, str, str], ...] = PANELS) -> bytes:
-    """Accuracy against measured latency, one panel per accuracy: HM-NAS's families (lines), NNI's strategies."""
+    """Accuracy against measured latency, one panel per accuracy: HM-NAS's families (lines), NNI's strategies; one
+    marker per seed."""
     plt = pyplot()
 
     colours = {"hmnas": "tab:blue", "proxyless": "tab:orange", "darts": "tab:green"}
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
+    markers = "o^Dvs"
     for ax, (key, metric, what) in zip(axes[0], panels):
-        for run in report["runs"]:
+        for i, run in enumerate(report["runs"]):
+            marker = markers[i % len(markers)]
             for name in STRATEGIES:
                 pts = [p for p in run["points"] if p["strategy"] == name]
-                ax.plot([p["measured_ms"] for p in pts], [p[key] for p in pts], "o-" if name == "hmnas" else "s",
-                        color=colours[name], alpha=0.8, label=name if run is report["runs"][0] else None)
+                family = name == "hmnas"
+                label = f"{name}, seed {run['seed']}" if family else (name if i == 0 else None)
+                ax.plot([p["measured_ms"] for p in pts], [p[key] for p in pts], marker + ("-" if family else ""),
+                        color=colours[name], alpha=0.8, markersize=7, label=label)
         _decorate(ax, report, metric, what)
     return png_bytes(fig)
 
