@@ -1,5 +1,5 @@
 """``random-oneshot`` is NNI's RandomOneShot with its draws seeded: one seed gives one search, every choice is drawn
-(the same labels NNI's own sampling draws), and a checkpoint carries the sampler on.
+(the same labels NNI's own sampling draws), and a resumed search draws what an unbroken one draws.
 
 Tiny searches (digits, ``nb201`` width 4, 128 images, batch 32, 1 epoch) with real NNI and real Lightning.
 """
@@ -22,11 +22,11 @@ from hmnas_nni.search.nni_random import SeededRandomOneShot, SeededRandomSamplin
 from hmnas_nni.search.run import run_search
 
 
-def _search(folder: Path, seed: int) -> dict[str, Any]:
+def _search(folder: Path, seed: int, epochs: int = 1, resume: Path | None = None) -> dict[str, Any]:
     """The architecture and the trained supernet's first weights of one tiny random-oneshot search."""
-    result = run_search(SearchConfig(space="nb201", dataset="digits", strategy="random-oneshot", epochs=1, subset=128,
-                                     batch_size=32, space_args=TINY_SPACE_ARGS["nb201"], seed=seed, out=str(folder),
-                                     progress=False))
+    result = run_search(SearchConfig(space="nb201", dataset="digits", strategy="random-oneshot", epochs=epochs,
+                                     subset=128, batch_size=32, space_args=TINY_SPACE_ARGS["nb201"], seed=seed,
+                                     out=str(folder), progress=False, resume=str(resume) if resume else None))
     weights = [p.detach().clone() for p in result.strategy.oneshot_module.parameters()][:8]
     return {"arch": json.loads((folder / "arch.json").read_text())["ops"], "weights": weights}
 
@@ -36,6 +36,14 @@ def searches(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> list
     """Seed 0 twice, then seed 1."""
     root = tmp_path_factory.mktemp("random-oneshot")
     return [_search(root / f"run{i}", seed) for i, seed in enumerate((0, 0, 1))]
+
+
+def test_a_resumed_search_draws_what_an_unbroken_one_draws(tmp_path: Path, one_thread: None) -> None:
+    unbroken = _search(tmp_path / "unbroken", 0, epochs=2)
+    _search(tmp_path / "first", 0, epochs=1)
+    resumed = _search(tmp_path / "first", 0, epochs=2, resume=tmp_path / "first")
+    assert resumed["arch"] == unbroken["arch"]
+    assert all(torch.equal(a, b) for a, b in zip(resumed["weights"], unbroken["weights"], strict=True))
 
 
 def test_one_seed_gives_one_search(searches: list[dict[str, Any]]) -> None:
@@ -78,15 +86,15 @@ def test_every_choice_is_drawn_as_nni_draws_it(name: str) -> None:
     assert SeededRandomSampling(holder, seed=3).export() == SeededRandomSampling(holder, seed=3).resample()
 
 
-def test_a_checkpoint_carries_the_sampler_on() -> None:
+def test_each_draw_is_its_seed_and_step_whatever_ran_before() -> None:
     holder = _Holder(_mutated(_project_space("nb201")))
-    running = SeededRandomSampling(holder, seed=5)
-    running.resample()
-    checkpoint: dict[str, Any] = {}
-    running.on_save_checkpoint(checkpoint)
-    resumed = SeededRandomSampling(holder, seed=5)
-    resumed.on_load_checkpoint(checkpoint)
-    assert [resumed.resample() for _ in range(3)] == [running.resample() for _ in range(3)]
-    fresh = SeededRandomSampling(holder, seed=5)
-    fresh.on_load_checkpoint({})  # a checkpoint NNI's own RandomOneShot wrote: the seed's own draws
-    assert fresh.resample() == SeededRandomSampling(holder, seed=5).resample()
+    running, fresh = SeededRandomSampling(holder, seed=5), SeededRandomSampling(holder, seed=5)
+    draws = []
+    for key in [(0, 0, 0), (1, 0, 0), (0, 0, 1), (0, 1, 0)]:
+        running.draw_key = key
+        draws.append(running.resample())
+    fresh.draw_key = (0, 1, 0)
+    assert fresh.resample() == draws[-1]  # the draw of epoch 1, batch 0 with nothing drawn before it
+    assert len({json.dumps(d, sort_keys=True) for d in draws}) == len(draws)
+    unseeded = SeededRandomSampling(holder)
+    assert len({json.dumps(unseeded.resample(), sort_keys=True) for _ in range(4)}) > 1  # NNI's fresh entropy

@@ -3,8 +3,10 @@
 NNI's path-sampling supermodules draw every training path, and the exported architecture, with
 ``nni.mutable``'s ``random()`` and no ``random_state``, which builds an unseeded ``numpy.random.RandomState``:
 two runs of one seed train other paths and export other networks. Every supermodule takes a choice already in
-the ``memo`` it is handed, so :class:`SeededRandomSampling` draws the whole sample first from its own
-``RandomState(seed)`` and hands it down; the sampling itself (uniform, NNI's ``filter``) is NNI's.
+the ``memo`` it is handed, so :class:`SeededRandomSampling` draws the whole sample first and hands it down; the
+sampling itself (uniform, NNI's ``filter``) is NNI's. Each draw has its own generator, seeded by the search's seed
+and the step it serves (training or validation, epoch, batch), so a resumed search, and every DDP rank, draws
+what an unbroken single-process search draws, whatever else ran in between (Lightning's sanity check).
 """
 
 from __future__ import annotations
@@ -19,50 +21,57 @@ from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from numpy.random import RandomState
 from pytorch_lightning import LightningModule
 
-#: Where a checkpoint keeps the sampler's state (so ``--resume`` draws the paths an unbroken run would).
-CHECKPOINT_KEY = "hmnas_random_state"
+#: The first word of a draw's key after the seed: which kind of step it serves.
+TRAIN, VALIDATION, EXPORT = 0, 1, 2
 
 
 class SeededRandomSampling(RandomSamplingLightningModule):
-    """NNI's uniform path sampling, every draw from one ``RandomState(seed)``."""
+    """NNI's uniform path sampling, each draw from ``RandomState([seed, step kind, epoch, batch])``."""
 
     def __init__(self, training_module: LightningModule, filter: Callable[[Sample], bool] | None = None,  # noqa: A002
                  seed: int | None = None) -> None:
         super().__init__(training_module, filter)
-        self.random_state = RandomState(seed)
+        self.seed = seed
+        self.draw_key: tuple[int, ...] = (EXPORT,)
 
-    def draw(self) -> Sample:
+    def generator(self) -> RandomState:
+        """The generator of the draw for :attr:`draw_key` (fresh entropy, as NNI's, when there is no seed)."""
+        return RandomState() if self.seed is None else RandomState([self.seed, *self.draw_key])
+
+    def draw(self, random_state: RandomState) -> Sample:
         """One value for every choice the supernet holds, in the supernet's module order."""
         sample: Sample = {}
         for module in self.supernet_modules():
             for label, mutable in module.simplify().items():
                 if label not in sample:
-                    sample[label] = mutable.random(random_state=self.random_state)
+                    sample[label] = mutable.random(random_state=random_state)
         return sample
 
-    def _sample_path(self) -> Sample:
+    def _sample_path(self, random_state: RandomState) -> Sample:
         """Draw a sample and set every supermodule's path to it (NNI's resample, with the memo filled first)."""
-        sample = self.draw()
+        sample = self.draw(random_state)
         for module in self.supernet_modules():
             sample.update(module.resample(memo=sample))
         return sample
 
     def resample(self) -> Sample:
-        return self._repeat_until_valid(self._sample_path)
+        random_state = self.generator()
+        return self._repeat_until_valid(lambda: self._sample_path(random_state))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.draw_key = (TRAIN, self.current_epoch, batch_idx)
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.draw_key = (VALIDATION, self.current_epoch, batch_idx)
+        return super().validation_step(batch, batch_idx)
 
     def export(self) -> Sample:
         """A seeded random architecture, as NNI's RandomOneShot exports (a random one, with its warning)."""
         warnings.warn("Direct export from RandomOneShot returns an arbitrary architecture.", UserWarning, stacklevel=2)
-        return self._repeat_until_valid(self.draw)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the sampler's state in the checkpoint."""
-        checkpoint[CHECKPOINT_KEY] = self.random_state.get_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The sampler's state a checkpoint kept (none in one written by NNI's unseeded RandomOneShot)."""
-        if CHECKPOINT_KEY in checkpoint:
-            self.random_state.set_state(checkpoint[CHECKPOINT_KEY])
+        self.draw_key = (EXPORT,)
+        random_state = self.generator()
+        return self._repeat_until_valid(lambda: self.draw(random_state))
 
 
 class SeededRandomOneShot(RandomOneShot):
