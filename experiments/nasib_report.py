@@ -21,12 +21,15 @@ OVERRUN = 0.05
 
 
 def budget_rows(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every finished row of the comparisons in ``folders`` that ran under a time budget."""
-    rows = []
+    """Every finished row of the comparisons in ``folders`` that ran under a time budget; a later folder's row of
+    the same search (budget, strategy, seed) replaces an earlier one, so a rerun can be listed after the original."""
+    rows: dict[tuple[float, str, int], dict[str, Any]] = {}
     for folder in folders:
         doc = json.loads((Path(folder) / "results.json").read_text())
-        rows += [r for r in doc["rows"] if r.get("status") == "ok" and r.get("budget_seconds")]
-    return rows
+        for r in doc["rows"]:
+            if r.get("status") == "ok" and r.get("budget_seconds"):
+                rows[(float(r["budget_seconds"]), r["strategy"], r["seed"])] = r
+    return list(rows.values())
 
 
 def _mean(values: list[float]) -> float:

@@ -124,6 +124,12 @@ def test_budget_report_groups_flags_overruns_and_marks_the_best(tmp_path) -> Non
     assert "+8.3% (over 5%)" in lines["darts"]
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
+    (tmp_path / "rerun").mkdir()  # a later folder's row of the same search replaces the earlier one
+    (tmp_path / "rerun" / "results.json").write_text(json.dumps({"rows": [row("darts", 0, 100.0, 0.9)]}))
+    table = write_report([tmp_path / "a", tmp_path / "b", tmp_path / "rerun"], tmp_path / "plot.png")
+    lines = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert "| 0 |" in lines["darts"] and "**0.9000**" in lines["darts"] and "-16.7%" in lines["darts"]
+
 
 def test_nasib_epoch_budget_plans_the_same_schedule_on_any_machine(tmp_path, one_thread) -> None:
     """Under ``6ep`` every epoch costs one: explore while three exploitation epochs still fit and exploration holds
